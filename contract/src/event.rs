@@ -1,0 +1,148 @@
+//! `ainern2d.event.v1`: what a worker reports about a job.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::job::JobKind;
+
+pub const EVENT_SCHEMA: &str = "ainern2d.event.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    Accepted,
+    Running,
+    Progress,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Retrying,
+    DeadLettered,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Accepted => "accepted",
+            EventStatus::Running => "running",
+            EventStatus::Progress => "progress",
+            EventStatus::Succeeded => "succeeded",
+            EventStatus::Failed => "failed",
+            EventStatus::Cancelled => "cancelled",
+            EventStatus::Retrying => "retrying",
+            EventStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    /// A terminal status ends the job: no later event of the same job changes its outcome.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventStatus::Succeeded | EventStatus::Failed | EventStatus::Cancelled | EventStatus::DeadLettered)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Progress {
+    /// 0.0 to 1.0.
+    pub fraction: f32,
+    /// Pipeline stage, e.g. `fetch`, `inference`, `encode`, `upload`.
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One stored output object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputObject {
+    /// Logical name within the job (`video.mp4`, `audio.wav`, `completion.json`).
+    pub name: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the object's bytes.
+    pub sha256: String,
+    pub content_type: String,
+    /// Time-limited GET URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presigned_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+    /// The offending field for validation errors (`params.width`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An event, published on the events exchange with routing key `job.<kind>.<status>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Always `ainern2d.event.v1`.
+    pub schema: String,
+    /// Unique per event; terminal events have a deterministic id (`<job_id>/<attempt>/<status>`) so that a
+    /// redelivered job re-announces the same outcome rather than a second one.
+    pub event_id: String,
+    pub job_id: String,
+    /// Absent when the message was too malformed to tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<JobKind>,
+    /// 1 for the first delivery, +1 for each retry.
+    pub attempt: u32,
+    pub worker_id: String,
+    pub status: EventStatus,
+    /// Monotonic within one attempt, so consumers can order events of the same attempt.
+    pub seq: u32,
+    pub emitted_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputObject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Milliseconds spent per stage (`queue`, `fetch`, `inference`, `upload`, `total`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub timings_ms: BTreeMap<String, f64>,
+    /// Name of the downgrade profile applied to this job, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Event {
+    pub fn new(job_id: &str, kind: Option<JobKind>, attempt: u32, worker_id: &str, status: EventStatus, seq: u32) -> Self {
+        let event_id = if status.is_terminal() || status == EventStatus::Retrying {
+            format!("{job_id}/{attempt}/{}", status.as_str())
+        } else {
+            format!("{job_id}/{attempt}/{seq}")
+        };
+        Event {
+            schema: EVENT_SCHEMA.into(),
+            event_id,
+            job_id: job_id.into(),
+            kind,
+            attempt,
+            worker_id: worker_id.into(),
+            status,
+            seq,
+            emitted_at: Utc::now(),
+            progress: None,
+            outputs: Vec::new(),
+            error: None,
+            timings_ms: BTreeMap::new(),
+            downgrade: None,
+            traceparent: None,
+        }
+    }
+
+    /// Routing key on the events exchange: `job.<kind>.<status>` (`job.unknown.failed` for unparseable jobs).
+    pub fn routing_key(&self) -> String {
+        format!("job.{}.{}", self.kind.map(|k| k.as_str()).unwrap_or("unknown"), self.status.as_str())
+    }
+}

@@ -1,0 +1,85 @@
+//! Names and shapes of the RabbitMQ topology. Programs declare it themselves, idempotently, from these.
+//!
+//! | name | type | purpose |
+//! |---|---|---|
+//! | `<p>.jobs.<kind>` | durable classic queue, `x-max-priority` 9 | jobs of one kind |
+//! | `<p>.retry.<kind>.<n>` | durable queue, `x-message-ttl` = delay n, dead-letters to `<p>.jobs.<kind>` | delayed retries |
+//! | `<p>.dead` | durable queue bound to `<p>.dlx` | dead letters, with `x-ainern2d-reason` |
+//! | `<p>.dlx` | fanout exchange | dead-letter exchange of the job queues |
+//! | `<p>.events` | topic exchange | `job.<kind>.<status>`, `worker.heartbeat.<id>` |
+//! | `<p>.control` | topic exchange | `worker.<id>`, `worker.all` |
+
+use crate::job::JobKind;
+
+/// Header carrying the attempt number (1 on the first delivery).
+pub const ATTEMPT_HEADER: &str = "x-ainern2d-attempt";
+/// Header on dead letters: why the message was dead-lettered.
+pub const REASON_HEADER: &str = "x-ainern2d-reason";
+/// Header on dead letters: the error code.
+pub const ERROR_CODE_HEADER: &str = "x-ainern2d-error-code";
+/// Highest job priority (classic queues only on RabbitMQ 3.10).
+pub const MAX_PRIORITY: u8 = 9;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Topology { prefix: prefix.into() }
+    }
+
+    pub fn job_queue(&self, kind: JobKind) -> String {
+        format!("{}.jobs.{}", self.prefix, kind)
+    }
+
+    pub fn retry_queue(&self, kind: JobKind, level: usize) -> String {
+        format!("{}.retry.{}.{}", self.prefix, kind, level)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    pub fn heartbeat_routing_key(worker_id: &str) -> String {
+        format!("worker.heartbeat.{worker_id}")
+    }
+}
+
+/// Which retry queue (delay level) a job that failed on `attempt` goes to: level `attempt - 1`, capped at the
+/// last configured delay.
+pub fn retry_level(attempt: u32, levels: usize) -> usize {
+    (attempt.saturating_sub(1) as usize).min(levels.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_levels_cap_at_the_last_delay() {
+        assert_eq!(retry_level(1, 3), 0);
+        assert_eq!(retry_level(2, 3), 1);
+        assert_eq!(retry_level(9, 3), 2);
+    }
+
+    #[test]
+    fn names() {
+        let t = Topology::new("ainern2d");
+        assert_eq!(t.job_queue(JobKind::Lipsync), "ainern2d.jobs.lipsync");
+        assert_eq!(t.retry_queue(JobKind::Video, 2), "ainern2d.retry.video.2");
+    }
+}

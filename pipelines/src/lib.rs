@@ -1,0 +1,73 @@
+//! Inference backends behind one trait, [`Pipeline`], and the mock pipelines that make the whole job path
+//! work on a laptop with no GPU: `llm` streams deterministic text, `audio` writes a WAV, `video` encodes a
+//! real H.264 MP4 with FFmpeg, `lipsync` muxes a video with an audio track.
+//!
+//! A pipeline is synchronous and CPU/GPU-bound: the worker calls [`Pipeline::run`] on a blocking thread,
+//! never on the async reactor. This crate must not know about the broker, the object store or HTTP: inputs
+//! arrive as local files, outputs leave as local files.
+
+mod error;
+mod media;
+mod mock;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ainern2d_contract::{DowngradeProfile, Job, JobKind};
+pub use tokio_util::sync::CancellationToken;
+
+pub use error::{PipelineError, PipelineErrorKind};
+pub use mock::{FaultKind, MockConfig, MockPipeline};
+
+/// Everything a pipeline needs to run one job.
+#[derive(Debug)]
+pub struct RunRequest<'a> {
+    pub job: &'a Job,
+    pub attempt: u32,
+    /// Local copies of the job's inputs, by input name.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// A scratch directory owned by this run; outputs are written here.
+    pub workdir: PathBuf,
+    /// The downgrade profile in force when the job started, if any.
+    pub downgrade: Option<&'a DowngradeProfile>,
+}
+
+/// A file a pipeline produced, to be stored as `<prefix>/<job_id>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub name: String,
+    pub path: PathBuf,
+    pub content_type: String,
+}
+
+/// Where a pipeline reports progress. Implementations must be cheap: pipelines may call this per token or
+/// per frame and the worker throttles what it publishes.
+pub trait ProgressSink: Send + Sync {
+    fn progress(&self, fraction: f32, stage: &str, message: Option<String>);
+}
+
+/// A sink that drops everything (one-shot runs without a UI, tests).
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn progress(&self, _: f32, _: &str, _: Option<String>) {}
+}
+
+/// One inference backend for one job kind.
+pub trait Pipeline: Send + Sync {
+    fn kind(&self) -> JobKind;
+    /// Backend name for logs and metrics (`mock`, `candle`, `ort`, `comfyui`, …).
+    fn backend(&self) -> &'static str;
+    /// Names of the artifacts a successful run of `job` produces. The worker looks for them before running a
+    /// redelivered job, so a job whose outputs were already stored is not run (or stored) twice.
+    fn output_names(&self, job: &Job) -> Vec<String>;
+    /// Runs the job to completion on the calling (blocking) thread. Must return promptly with
+    /// [`PipelineErrorKind::Cancelled`] once `cancel` fires.
+    fn run(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Artifact>, PipelineError>;
+}

@@ -1,0 +1,380 @@
+//! The worker's configuration: one typed struct, read from a TOML file with `AINERN2D_WORKER_*`
+//! environment overrides (`__` separates sections: `AINERN2D_WORKER_BROKER__URL`), validated at start-up
+//! with errors that name the bad key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ainern2d_contract::JobKind;
+use ainern2d_pipelines::MockConfig;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unique per worker process; defaults to `<hostname>-<pid>`.
+    pub worker_id: String,
+    pub broker: BrokerConfig,
+    pub jobs: JobsConfig,
+    pub store: StoreConfig,
+    pub fetch: FetchConfig,
+    pub http: HttpConfig,
+    pub events: EventsConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub shutdown: ShutdownConfig,
+    pub mock: MockConfig,
+    pub log: LogConfig,
+    /// Where jobs get their scratch directories.
+    pub scratch_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// AMQP URL, e.g. `amqp://user:pass@rabbitmq:5672/%2f`.
+    pub url: String,
+    /// Prefix of every queue and exchange name (`<prefix>.jobs.video`, …).
+    pub prefix: String,
+    /// Upper bound of the reconnect backoff.
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Kinds this worker serves.
+    pub kinds: Vec<JobKind>,
+    /// Concurrent inference slots per kind.
+    pub slots: BTreeMap<JobKind, u32>,
+    /// Extra deliveries per kind beyond the slots, so the next job's inference overlaps the previous job's
+    /// upload instead of waiting for it.
+    pub upload_overlap: u32,
+    /// Attempts (first delivery included) before a retryable failure is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before retry n (the last one repeats). Each delay is a retry queue with that TTL.
+    pub retry_delays_ms: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    S3,
+    Local,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Bucket for outputs when a job names none.
+    pub bucket: String,
+    /// S3 endpoint (MinIO: `http://minio:9000`); empty for AWS.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as MinIO expects.
+    pub force_path_style: bool,
+    /// Create the output bucket at start when it is missing.
+    pub create_bucket: bool,
+    /// Objects at least this large are uploaded in parts.
+    pub multipart_threshold_bytes: u64,
+    pub part_size_bytes: u64,
+    /// Lifetime of the presigned GET URLs in `succeeded` events.
+    pub presign_ttl_s: u64,
+    /// Root directory of the `local` store.
+    pub local_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// When not empty, only these hosts (exact, or `*.example.com`) may be fetched over HTTP(S).
+    pub allowed_hosts: Vec<String>,
+    /// Hosts that may resolve to private or loopback addresses (an internal file server). Nothing else may.
+    pub trusted_hosts: Vec<String>,
+    /// Allow plain `http://` inputs (off: only `https://`).
+    pub allow_http: bool,
+    pub max_bytes: u64,
+    pub timeout_s: u64,
+    pub connect_timeout_s: u64,
+    pub max_redirects: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/health`, `/ready` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// At most one `progress` event per job per interval.
+    pub progress_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight jobs may run after SIGTERM before they are returned to the queue.
+    pub grace_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directive (`info`, `ainern2d_worker=debug`).
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            worker_id: String::new(),
+            broker: BrokerConfig::default(),
+            jobs: JobsConfig::default(),
+            store: StoreConfig::default(),
+            fetch: FetchConfig::default(),
+            http: HttpConfig::default(),
+            events: EventsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            mock: MockConfig::default(),
+            log: LogConfig::default(),
+            scratch_dir: std::env::temp_dir().join("ainern2d-worker"),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(), prefix: "ainern2d".into(), reconnect_max_ms: 30_000 }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            kinds: JobKind::ALL.to_vec(),
+            slots: BTreeMap::from([(JobKind::Llm, 4), (JobKind::Audio, 2), (JobKind::Video, 1), (JobKind::Lipsync, 1)]),
+            upload_overlap: 1,
+            max_attempts: 3,
+            retry_delays_ms: vec![1_000, 10_000, 60_000],
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::S3,
+            bucket: "ainern2d-outputs".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            access_key_id: "minioadmin".into(),
+            secret_access_key: "minioadmin".into(),
+            force_path_style: true,
+            create_bucket: true,
+            multipart_threshold_bytes: 16 * 1024 * 1024,
+            part_size_bytes: 8 * 1024 * 1024,
+            presign_ttl_s: 3600,
+            local_dir: PathBuf::from("outputs"),
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            allowed_hosts: Vec::new(),
+            trusted_hosts: Vec::new(),
+            allow_http: false,
+            max_bytes: 2 * 1024 * 1024 * 1024,
+            timeout_s: 300,
+            connect_timeout_s: 10,
+            max_redirects: 5,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9100)) }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { progress_interval_ms: 500 }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig { interval_ms: 10_000 }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_s: 30 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Auto, filter: "info".into() }
+    }
+}
+
+pub const ENV_PREFIX: &str = "AINERN2D_WORKER_";
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Parses a TOML document alone (tests).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn extract(figment: Figment) -> Result<Config, String> {
+        let mut config: Config = figment.extract().map_err(|e| {
+            e.into_iter().map(|e| {
+                let key = e.path.join(".");
+                if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
+            }).collect::<Vec<_>>().join("; ")
+        })?;
+        if config.worker_id.is_empty() {
+            let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into());
+            config.worker_id = format!("{host}-{}", std::process::id());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |key: &str, why: &str| Err(format!("config key `{key}`: {why}"));
+        if !self.worker_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return bad("worker_id", "may only use [A-Za-z0-9._-] (it is part of routing keys)");
+        }
+        if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
+            return bad("broker.url", "must start with amqp:// or amqps://");
+        }
+        if self.broker.prefix.is_empty() || !self.broker.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return bad("broker.prefix", "must be non-empty [A-Za-z0-9._-]");
+        }
+        if self.jobs.kinds.is_empty() {
+            return bad("jobs.kinds", "must name at least one kind");
+        }
+        for kind in &self.jobs.kinds {
+            if self.slots(*kind) == 0 {
+                return bad(&format!("jobs.slots.{kind}"), "must be at least 1 for a served kind");
+            }
+        }
+        if self.jobs.max_attempts == 0 {
+            return bad("jobs.max_attempts", "must be at least 1");
+        }
+        if self.jobs.retry_delays_ms.is_empty() || self.jobs.retry_delays_ms.contains(&0) {
+            return bad("jobs.retry_delays_ms", "needs at least one delay, each above 0");
+        }
+        if self.store.kind == StoreKind::S3 && self.store.bucket.is_empty() {
+            return bad("store.bucket", "must be set");
+        }
+        if self.store.part_size_bytes < 5 * 1024 * 1024 {
+            return bad("store.part_size_bytes", "S3 requires parts of at least 5 MiB");
+        }
+        if self.store.multipart_threshold_bytes < self.store.part_size_bytes {
+            return bad("store.multipart_threshold_bytes", "must be at least store.part_size_bytes");
+        }
+        if self.shutdown.grace_s == 0 {
+            return bad("shutdown.grace_s", "must be at least 1");
+        }
+        self.mock.validate().map_err(|e| format!("config key `{e}"))?;
+        Ok(())
+    }
+
+    pub fn slots(&self, kind: JobKind) -> u32 {
+        self.jobs.slots.get(&kind).copied().unwrap_or(1)
+    }
+
+    /// The effective configuration as TOML with secrets masked (`--print-config`).
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        if !c.store.secret_access_key.is_empty() {
+            c.store.secret_access_key = "********".into();
+        }
+        if let Ok(mut url) = url::Url::parse(&c.broker.url)
+            && url.password().is_some()
+        {
+            let _ = url.set_password(Some("********"));
+            c.broker.url = url.to_string();
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::from_toml("").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let table = [
+            ("[broker]\nurl = \"http://x\"", "broker.url"),
+            ("[jobs]\nmax_attempts = 0", "jobs.max_attempts"),
+            ("[jobs.slots]\nvideo = 0", "jobs.slots.video"),
+            ("[jobs]\nretry_delays_ms = []", "jobs.retry_delays_ms"),
+            ("[store]\npart_size_bytes = 10", "store.part_size_bytes"),
+            ("[mock]\nfailure_rate = 2.0", "mock.failure_rate"),
+            ("[store]\nbukket = \"x\"", "bukket"),
+            ("[jobs]\nkinds = [\"image\"]", "jobs.kinds"),
+        ];
+        for (toml, key) in table {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.contains(key), "{toml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = Config::from_toml("[broker]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\n[store]\nsecret_access_key = \"s3cr3t\"").unwrap();
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+    }
+}

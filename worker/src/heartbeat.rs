@@ -1,0 +1,94 @@
+//! Heartbeats with GPU telemetry from NVML. No NVML (no GPU, no driver, a Mac) means no GPU fields, not an
+//! error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ainern2d_contract::topology::Topology;
+use ainern2d_contract::{GpuStats, Heartbeat, SlotUsage, HEARTBEAT_SCHEMA};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{persistent_json, Publisher};
+use crate::Shared;
+
+/// NVML, opened once. `None` when the library or a GPU is absent.
+pub struct Gpus(Option<nvml_wrapper::Nvml>);
+
+impl Gpus {
+    pub fn open() -> Self {
+        match nvml_wrapper::Nvml::init() {
+            Ok(nvml) => Gpus(Some(nvml)),
+            Err(e) => {
+                tracing::info!("NVML not available ({e}); heartbeats carry no GPU telemetry");
+                Gpus(None)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<GpuStats> {
+        let Some(nvml) = &self.0 else { return Vec::new() };
+        let count = nvml.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|index| {
+                let d = nvml.device_by_index(index).ok()?;
+                let memory = d.memory_info().ok()?;
+                Some(GpuStats {
+                    index,
+                    name: d.name().unwrap_or_default(),
+                    uuid: d.uuid().unwrap_or_default(),
+                    utilization_pct: d.utilization_rates().map(|u| u.gpu).unwrap_or(0),
+                    memory_used_bytes: memory.used,
+                    memory_total_bytes: memory.total,
+                    temperature_c: d.temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu).ok(),
+                    power_w: d.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+                })
+            })
+            .collect()
+    }
+}
+
+pub fn build(shared: &Shared) -> Heartbeat {
+    let slots: BTreeMap<String, SlotUsage> = shared
+        .config
+        .jobs
+        .kinds
+        .iter()
+        .map(|k| {
+            let total = shared.config.slots(*k);
+            let free = shared.slots[k].available_permits() as u32;
+            (k.as_str().to_string(), SlotUsage { total, busy: total.saturating_sub(free) })
+        })
+        .collect();
+    Heartbeat {
+        schema: HEARTBEAT_SCHEMA.into(),
+        worker_id: shared.config.worker_id.clone(),
+        host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        state: shared.state(),
+        sent_at: chrono::Utc::now(),
+        slots,
+        models_loaded: Vec::new(),
+        gpus: shared.gpus.stats(),
+        downgrade: None,
+    }
+}
+
+pub async fn send(shared: &Shared, publisher: &Publisher) {
+    let heartbeat = build(shared);
+    let body = serde_json::to_vec(&heartbeat).expect("heartbeats serialize");
+    let key = Topology::heartbeat_routing_key(&shared.config.worker_id);
+    if let Err(e) = publisher.publish_nowait(&shared.topology.events_exchange(), &key, &body, persistent_json()).await {
+        tracing::debug!("heartbeat not sent: {e}");
+    }
+}
+
+pub async fn run(shared: Arc<Shared>, publisher: Publisher, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.heartbeat.interval_ms.max(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => send(&shared, &publisher).await,
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `/health` (liveness), `/ready` (readiness with components) and `/metrics` (Prometheus) on one port.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics)).with_state(shared)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Keep answering probes while the worker drains; stop only when the process ends.
+    let _ = shutdown;
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        tracing::error!("http server stopped: {e}");
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let broker = shared.broker_connected();
+    let store = shared.store_ready();
+    let state = shared.state();
+    let accepting = matches!(state, ainern2d_contract::WorkerState::Ready);
+    let ok = broker && store && accepting;
+    let word = |b: bool| if b { "ok" } else { "down" };
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "state": state,
+        "components": {
+            "broker": word(broker),
+            "store": word(store),
+            "pipelines": shared.pipelines.iter().map(|(k, p)| (k.as_str(), p.backend())).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+    });
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.render())
+}

@@ -1,0 +1,403 @@
+//! Handling one delivery: parse, check for an earlier complete run, fetch, infer, upload, report, dispose.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
+use ainern2d_contract::{parse_job, ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject};
+use ainern2d_pipelines::{Artifact, CancellationToken, PipelineErrorKind, ProgressSink, RunRequest};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use sha2::{Digest, Sha256};
+
+use crate::broker::{header_u32, headers_with, persistent_json, text, BrokerError, Publisher};
+use crate::events::Emitter;
+use crate::fetch::FetchError;
+use crate::lifecycle::{dispose, Disposition, Interruption, Outcome};
+use crate::metrics::Metrics;
+use crate::Shared;
+
+/// Per-connection context of a job.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub publisher: Publisher,
+    /// Fired when in-flight jobs must stop; `abort_reason` says why.
+    pub abort: CancellationToken,
+    pub abort_reason: Arc<OnceLock<Interruption>>,
+}
+
+/// A job failure with what the event needs.
+#[derive(Debug)]
+struct Failure {
+    code: ErrorCode,
+    message: String,
+    retryable: bool,
+    field: Option<String>,
+}
+
+enum Stop {
+    Failed(Failure),
+    Interrupted(Interruption),
+}
+
+impl From<FetchError> for Stop {
+    fn from(e: FetchError) -> Self {
+        let code = if matches!(e, FetchError::Refused { .. }) { ErrorCode::InputRefused } else { ErrorCode::InputUnavailable };
+        Stop::Failed(Failure { code, retryable: e.is_retryable(), message: e.to_string(), field: None })
+    }
+}
+
+struct Done {
+    outputs: Vec<OutputObject>,
+    timings: BTreeMap<String, f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, delivery: Delivery) {
+    let received = Instant::now();
+    let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let in_flight = shared.metrics.in_flight.get_or_create(&Metrics::kind(kind.as_str())).clone();
+    in_flight.inc();
+    let _in_flight = scopeguard(move || {
+        in_flight.dec();
+    });
+
+    let job = match parse_job(&delivery.data) {
+        Ok(job) if job.kind() != kind => Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind()))),
+        other => other,
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err(err) => return reject_invalid(&shared, &ctx, kind, attempt, &delivery, err).await,
+    };
+    let emitter = Emitter::new(ctx.publisher.clone(), shared.topology.events_exchange(), &job.job_id, Some(kind), attempt, &shared.config.worker_id)
+        .with_trace(job.traceparent.clone());
+    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %kind, attempt);
+    let _enter = span.enter();
+    drop(_enter);
+
+    // A redelivered (or retried) job may already have run to completion: re-announce that outcome (same
+    // event id) rather than producing a second object or a conflicting event.
+    if (delivery.redelivered || attempt > 1)
+        && let Some(outputs) = existing_outputs(&shared, &job).await
+    {
+        tracing::info!(job_id = %job.job_id, "outputs already stored by an earlier delivery; re-announcing success");
+        let timings = BTreeMap::from([("total".to_string(), ms(received.elapsed()))]);
+        return finish(&shared, &ctx, &emitter, &job, attempt, &delivery, Ok(Done { outputs, timings })).await;
+    }
+
+    let result = run(&shared, &ctx, &emitter, &job, attempt, received).await;
+    finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result).await;
+}
+
+/// Runs the job up to the stored outputs. The inference slot is held only around the pipeline itself, so
+/// the upload of this job overlaps the next job's inference.
+async fn run(shared: &Arc<Shared>, ctx: &SessionCtx, emitter: &Emitter, job: &Job, attempt: u32, received: Instant) -> Result<Done, Stop> {
+    let kind = job.kind();
+    let cancel = ctx.abort.child_token();
+    let interrupted = || Stop::Interrupted(ctx.abort_reason.get().copied().unwrap_or(Interruption::Shutdown));
+    if let Some(deadline) = job.deadline
+        && deadline <= chrono::Utc::now()
+    {
+        return Err(Stop::Failed(Failure { code: ErrorCode::DeadlineExceeded, message: format!("deadline {deadline} passed before the job started"), retryable: false, field: None }));
+    }
+    let _ = emitter.lifecycle(EventStatus::Accepted).await;
+    let mut timings = BTreeMap::new();
+    let work = async {
+        let permit = tokio::select! {
+            p = shared.slots[&kind].clone().acquire_owned() => p.expect("slot semaphores are never closed"),
+            _ = cancel.cancelled() => return Err(interrupted()),
+        };
+        timings.insert("queue".to_string(), ms(received.elapsed()));
+        let _ = emitter.lifecycle(EventStatus::Running).await;
+        let workdir = tempfile::Builder::new()
+            .prefix(&format!("{}-", job.job_id))
+            .tempdir_in(&shared.config.scratch_dir)
+            .map_err(|e| Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("scratch dir: {e}"), retryable: true, field: None }))?;
+
+        let started = Instant::now();
+        let inputs = fetch_inputs(shared, job, workdir.path(), &cancel).await?;
+        let fetch_s = started.elapsed();
+        shared.metrics.stage(kind.as_str(), "fetch", fetch_s.as_secs_f64());
+        timings.insert("fetch".into(), ms(fetch_s));
+
+        let started = Instant::now();
+        let artifacts = infer(shared, emitter, job, attempt, inputs, workdir.path().to_path_buf(), &cancel).await?;
+        let infer_s = started.elapsed();
+        shared.metrics.stage(kind.as_str(), "inference", infer_s.as_secs_f64());
+        timings.insert("inference".into(), ms(infer_s));
+        drop(permit);
+
+        let started = Instant::now();
+        let outputs = upload(shared, job, &artifacts, &cancel).await?;
+        let upload_s = started.elapsed();
+        shared.metrics.stage(kind.as_str(), "upload", upload_s.as_secs_f64());
+        timings.insert("upload".into(), ms(upload_s));
+        let total = received.elapsed();
+        shared.metrics.stage(kind.as_str(), "total", total.as_secs_f64());
+        let overhead = total.saturating_sub(fetch_s + infer_s + upload_s);
+        shared.metrics.overhead_seconds.get_or_create(&Metrics::kind(kind.as_str())).observe(overhead.as_secs_f64());
+        timings.insert("total".into(), ms(total));
+        Ok(outputs)
+    };
+    let outputs = match job.deadline {
+        Some(deadline) => {
+            let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+            match tokio::time::timeout(left, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cancel.cancel();
+                    Err(Stop::Failed(Failure { code: ErrorCode::DeadlineExceeded, message: format!("deadline {deadline} passed while the job ran"), retryable: false, field: None }))
+                }
+            }
+        }
+        None => work.await,
+    }?;
+    Ok(Done { outputs, timings })
+}
+
+async fn fetch_inputs(shared: &Shared, job: &Job, dir: &Path, cancel: &CancellationToken) -> Result<BTreeMap<String, PathBuf>, Stop> {
+    let mut inputs = BTreeMap::new();
+    for (name, url) in &job.inputs {
+        let dest = dir.join(format!("input-{name}"));
+        tokio::select! {
+            r = shared.fetcher.fetch(name, &url.0, &dest) => { r?; }
+            _ = cancel.cancelled() => return Err(Stop::Interrupted(Interruption::Shutdown)),
+        }
+        inputs.insert(name.clone(), dest);
+    }
+    Ok(inputs)
+}
+
+/// Forwards pipeline progress to the event stream at a bounded rate.
+struct ChannelSink(tokio::sync::mpsc::UnboundedSender<(f32, String, Option<String>)>);
+
+impl ProgressSink for ChannelSink {
+    fn progress(&self, fraction: f32, stage: &str, message: Option<String>) {
+        let _ = self.0.send((fraction, stage.to_string(), message));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn infer(
+    shared: &Arc<Shared>,
+    emitter: &Emitter,
+    job: &Job,
+    attempt: u32,
+    inputs: BTreeMap<String, PathBuf>,
+    workdir: PathBuf,
+    cancel: &CancellationToken,
+) -> Result<Vec<Artifact>, Stop> {
+    let pipeline = shared.pipelines[&job.kind()].clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f32, String, Option<String>)>();
+    let interval = Duration::from_millis(shared.config.events.progress_interval_ms);
+    let forwarder = {
+        let emitter = emitter.clone();
+        tokio::spawn(async move {
+            let mut last: Option<Instant> = None;
+            while let Some((fraction, stage, message)) = rx.recv().await {
+                if last.is_none_or(|t| t.elapsed() >= interval) {
+                    last = Some(Instant::now());
+                    let _ = emitter.progress(fraction, &stage, message).await;
+                }
+            }
+        })
+    };
+    let job_owned = job.clone();
+    let cancel_owned = cancel.clone();
+    // Inference is CPU/GPU-bound: it runs on a blocking thread, never on the reactor.
+    let result = tokio::task::spawn_blocking(move || {
+        let req = RunRequest { job: &job_owned, attempt, inputs, workdir, downgrade: None };
+        pipeline.run(&req, &ChannelSink(tx), &cancel_owned)
+    })
+    .await;
+    let _ = forwarder.await;
+    match result {
+        Ok(Ok(artifacts)) => Ok(artifacts),
+        Ok(Err(e)) => Err(match e.kind {
+            PipelineErrorKind::Cancelled => Stop::Interrupted(Interruption::Shutdown),
+            PipelineErrorKind::OutOfMemory => Stop::Failed(Failure { code: ErrorCode::OutOfMemory, message: e.message, retryable: true, field: None }),
+            kind => Stop::Failed(Failure { code: ErrorCode::PipelineFailed, retryable: kind == PipelineErrorKind::Retryable, message: e.message, field: None }),
+        }),
+        Err(join) => Err(Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("pipeline thread panicked: {join}"), retryable: true, field: None })),
+    }
+}
+
+fn bucket_of<'a>(shared: &'a Shared, job: &'a Job) -> &'a str {
+    job.output.bucket.as_deref().unwrap_or(&shared.config.store.bucket)
+}
+
+async fn upload(shared: &Shared, job: &Job, artifacts: &[Artifact], cancel: &CancellationToken) -> Result<Vec<OutputObject>, Stop> {
+    let bucket = bucket_of(shared, job);
+    let mut outputs = Vec::with_capacity(artifacts.len());
+    for artifact in artifacts {
+        if shared.config.mock.upload_delay_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(shared.config.mock.upload_delay_ms)) => {}
+                _ = cancel.cancelled() => return Err(Stop::Interrupted(Interruption::Shutdown)),
+            }
+        }
+        let path = artifact.path.clone();
+        let (sha256, size) = tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .expect("hashing does not panic")
+            .map_err(|e| Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("hashing {}: {e}", artifact.path.display()), retryable: true, field: None }))?;
+        let key = job.output_key(&artifact.name);
+        let failed = |e: crate::store::StoreError| Stop::Failed(Failure { code: ErrorCode::UploadFailed, retryable: e.is_retryable(), message: e.to_string(), field: None });
+        shared.store.put(bucket, &key, &artifact.path, &artifact.content_type, &sha256).await.map_err(failed)?;
+        shared.metrics.upload_bytes.get_or_create(&Metrics::kind(job.kind().as_str())).inc_by(size);
+        let presigned_url = shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
+        outputs.push(OutputObject { name: artifact.name.clone(), bucket: bucket.to_string(), key, size, sha256, content_type: artifact.content_type.clone(), presigned_url });
+    }
+    Ok(outputs)
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// The outputs of an earlier complete run of this job, if every expected object is stored with its checksum.
+async fn existing_outputs(shared: &Shared, job: &Job) -> Option<Vec<OutputObject>> {
+    let bucket = bucket_of(shared, job);
+    let mut outputs = Vec::new();
+    for name in shared.pipelines[&job.kind()].output_names(job) {
+        let key = job.output_key(&name);
+        let object = shared.store.head(bucket, &key).await.ok()??;
+        let presigned_url = shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
+        outputs.push(OutputObject {
+            name,
+            bucket: bucket.to_string(),
+            key,
+            size: object.size,
+            sha256: object.sha256?,
+            content_type: object.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+            presigned_url,
+        });
+    }
+    Some(outputs)
+}
+
+/// Performs the disposition of a finished (or stopped) job in the order that loses nothing: the copy
+/// (retry / dead letter) is confirmed, then the event, then the delivery is acked.
+async fn finish(shared: &Shared, ctx: &SessionCtx, emitter: &Emitter, job: &Job, attempt: u32, delivery: &Delivery, result: Result<Done, Stop>) {
+    let kind = job.kind();
+    let (outcome, failure, done) = match result {
+        Ok(done) => (Outcome::Succeeded, None, Some(done)),
+        Err(Stop::Interrupted(why)) => (Outcome::Interrupted(why), None, None),
+        Err(Stop::Failed(f)) => (Outcome::Failed { code: f.code, retryable: f.retryable }, Some(f), None),
+    };
+    let disposition = dispose(&outcome, attempt, shared.config.jobs.max_attempts, shared.config.jobs.retry_delays_ms.len());
+    let outcome_label = match &disposition {
+        Disposition::Finish { status } => status.as_str(),
+        Disposition::Retry { .. } => "retried",
+        Disposition::DeadLetter { status, .. } => status.as_str(),
+        Disposition::Requeue => "requeued",
+        Disposition::Abandon => "abandoned",
+    };
+    if let Some(f) = &failure {
+        tracing::warn!(job_id = %job.job_id, %kind, attempt, code = f.code.as_str(), retryable = f.retryable, "job failed: {}", f.message);
+    }
+    let result: Result<(), BrokerError> = async {
+        match disposition {
+            Disposition::Finish { status } => {
+                let Done { outputs, timings } = done.unwrap_or(Done { outputs: Vec::new(), timings: BTreeMap::new() });
+                emitter.outcome(status, outputs, None, timings).await?;
+                ack(delivery).await
+            }
+            Disposition::Retry { next_attempt, level } => {
+                let f = failure.expect("a retry follows a failure");
+                let headers = headers_with(&delivery.properties, &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next_attempt.into()))]);
+                let mut props = persistent_json().with_headers(headers);
+                if let Some(p) = delivery.properties.priority() {
+                    props = props.with_priority(*p);
+                }
+                ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &delivery.data, props).await?;
+                shared.metrics.retries.get_or_create(&Metrics::kind(kind.as_str())).inc();
+                let error = ErrorInfo { code: f.code, message: format!("{} (attempt {attempt}, retrying as attempt {next_attempt})", f.message), retryable: true, field: f.field };
+                emitter.outcome(EventStatus::Retrying, Vec::new(), Some(error), BTreeMap::new()).await?;
+                ack(delivery).await
+            }
+            Disposition::DeadLetter { status, code } => {
+                let f = failure.expect("a dead letter follows a failure");
+                let message = if code == ErrorCode::RetriesExhausted { format!("gave up after {attempt} attempts: {}", f.message) } else { f.message };
+                dead_letter(shared, ctx, delivery, attempt, code, &message).await?;
+                let error = ErrorInfo { code, message, retryable: false, field: f.field };
+                emitter.outcome(status, Vec::new(), Some(error), BTreeMap::new()).await?;
+                ack(delivery).await
+            }
+            Disposition::Requeue => {
+                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                Ok(())
+            }
+            Disposition::Abandon => Ok(()),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => shared.metrics.outcome(kind.as_str(), outcome_label),
+        // The delivery stays unacked: the broker redelivers it, and the redelivery finds the stored outputs.
+        Err(e) => tracing::warn!(job_id = %job.job_id, "could not report the outcome ({e}); the broker will redeliver the job"),
+    }
+}
+
+async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+async fn dead_letter(shared: &Shared, ctx: &SessionCtx, delivery: &Delivery, attempt: u32, code: ErrorCode, reason: &str) -> Result<(), BrokerError> {
+    let headers = headers_with(
+        &delivery.properties,
+        &[
+            (REASON_HEADER, text(reason)),
+            (ERROR_CODE_HEADER, text(code.as_str())),
+            (ATTEMPT_HEADER, AMQPValue::LongLongInt(attempt.into())),
+        ],
+    );
+    ctx.publisher.publish(&shared.topology.dead_letter_exchange(), "", &delivery.data, persistent_json().with_headers(headers)).await
+}
+
+/// A message that is not a valid job: dead-lettered at once with a `failed` event naming the problem.
+async fn reject_invalid(shared: &Shared, ctx: &SessionCtx, kind: JobKind, attempt: u32, delivery: &Delivery, err: ContractError) {
+    // Use the job id when it is readable and safe; otherwise a stable id derived from the body, so a
+    // redelivery of the same bad message reports under the same id.
+    let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+        .ok()
+        .and_then(|v| v.get("job_id").and_then(|j| j.as_str()).map(str::to_owned))
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(&delivery.data))[..16]));
+    tracing::warn!(%job_id, %kind, "invalid job message dead-lettered: {err}");
+    let emitter = Emitter::new(ctx.publisher.clone(), shared.topology.events_exchange(), &job_id, Some(kind), attempt, &shared.config.worker_id);
+    let result: Result<(), BrokerError> = async {
+        dead_letter(shared, ctx, delivery, attempt, err.code, &err.to_string()).await?;
+        let error = ErrorInfo { code: err.code, message: err.to_string(), retryable: false, field: err.field.clone() };
+        emitter.outcome(EventStatus::Failed, Vec::new(), Some(error), BTreeMap::new()).await?;
+        ack(delivery).await
+    }
+    .await;
+    match result {
+        Ok(()) => shared.metrics.outcome(kind.as_str(), "invalid"),
+        Err(e) => tracing::warn!(%job_id, "could not dead-letter an invalid message ({e}); it will be redelivered"),
+    }
+}
+
+struct Guard<F: FnOnce()>(Option<F>);
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
+    Guard(Some(f))
+}

@@ -1,0 +1,146 @@
+//! The ainern2d worker: pulls jobs from RabbitMQ, runs them through a pipeline, stores the outputs in S3 and
+//! publishes result events. See `ARCHITECTURE.md` for the map.
+//!
+//! Only this crate knows lapin and aws-sdk-s3; pipelines see local files, the contract sees bytes.
+
+pub mod broker;
+pub mod config;
+pub mod events;
+pub mod exec;
+pub mod fetch;
+pub mod heartbeat;
+pub mod http;
+pub mod job;
+pub mod lifecycle;
+pub mod metrics;
+pub mod runner;
+pub mod s3;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ainern2d_contract::topology::Topology;
+use ainern2d_contract::{JobKind, WorkerState};
+use ainern2d_pipelines::{MockPipeline, Pipeline};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StoreKind};
+use crate::fetch::Fetcher;
+use crate::metrics::Metrics;
+use crate::store::{ArtifactStore, LocalStore};
+
+/// State shared by every task of the daemon.
+pub struct Shared {
+    pub config: Config,
+    pub topology: Topology,
+    pub store: Arc<dyn ArtifactStore>,
+    pub fetcher: Fetcher,
+    pub pipelines: BTreeMap<JobKind, Arc<dyn Pipeline>>,
+    /// Inference slots per kind.
+    pub slots: BTreeMap<JobKind, Arc<Semaphore>>,
+    pub metrics: Metrics,
+    pub gpus: heartbeat::Gpus,
+    broker_connected: AtomicBool,
+    store_ready: AtomicBool,
+    state: AtomicU8,
+    pub(crate) stopping: AtomicBool,
+}
+
+const STATES: [WorkerState; 6] =
+    [WorkerState::Starting, WorkerState::Ready, WorkerState::Cordoned, WorkerState::Draining, WorkerState::Drained, WorkerState::Stopping];
+
+impl Shared {
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn ArtifactStore> = match config.store.kind {
+            StoreKind::S3 => Arc::new(s3::S3Store::new(&config.store)),
+            StoreKind::Local => Arc::new(LocalStore::new(config.store.local_dir.clone())),
+        };
+        let fetcher = Fetcher::new(&config.fetch, Some(store.clone()), None);
+        let pipelines = config
+            .jobs
+            .kinds
+            .iter()
+            .map(|k| (*k, Arc::new(MockPipeline::new(*k, config.mock.clone())) as Arc<dyn Pipeline>))
+            .collect();
+        let slots = config.jobs.kinds.iter().map(|k| (*k, Arc::new(Semaphore::new(config.slots(*k) as usize)))).collect();
+        std::fs::create_dir_all(&config.scratch_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
+        Ok(Arc::new(Shared {
+            topology: Topology::new(config.broker.prefix.clone()),
+            config,
+            store,
+            fetcher,
+            pipelines,
+            slots,
+            metrics: Metrics::new(),
+            gpus: heartbeat::Gpus::open(),
+            broker_connected: AtomicBool::new(false),
+            store_ready: AtomicBool::new(false),
+            state: AtomicU8::new(0),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn state(&self) -> WorkerState {
+        STATES[self.state.load(Ordering::Relaxed) as usize]
+    }
+
+    pub fn set_state(&self, state: WorkerState) {
+        let index = STATES.iter().position(|s| *s == state).expect("every state is listed") as u8;
+        self.state.store(index, Ordering::Relaxed);
+        if matches!(state, WorkerState::Draining | WorkerState::Drained | WorkerState::Stopping) {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn broker_up(&self, up: bool) {
+        self.broker_connected.store(up, Ordering::Relaxed);
+        self.metrics.broker_connected.set(i64::from(up));
+    }
+
+    pub fn broker_connected(&self) -> bool {
+        self.broker_connected.load(Ordering::Relaxed)
+    }
+
+    pub fn store_ready(&self) -> bool {
+        self.store_ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the daemon until `shutdown` fires and the drain completes.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let shared = Shared::new(config)?;
+    let listener = tokio::net::TcpListener::bind(shared.config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", shared.config.http.listen))?;
+    tracing::info!(worker_id = %shared.config.worker_id, listen = %listener.local_addr()?, "ainern2d worker starting");
+    let http = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
+    tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
+    runner::run(shared.clone(), shutdown).await?;
+    let _ = http.await;
+    Ok(())
+}
+
+/// Creates the output bucket when configured to, then keeps the store's readiness current.
+async fn watch_store(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let bucket = shared.config.store.bucket.clone();
+    let mut ensured = !shared.config.store.create_bucket;
+    loop {
+        let ok = if ensured {
+            shared.store.check(&bucket).await
+        } else {
+            shared.store.ensure_bucket(&bucket).await
+        };
+        match ok {
+            Ok(()) => ensured = true,
+            Err(ref e) => tracing::warn!("artifact store not ready: {e}"),
+        }
+        shared.store_ready.store(ok.is_ok(), Ordering::Relaxed);
+        let wait = if ok.is_ok() { Duration::from_secs(15) } else { Duration::from_secs(2) };
+        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.cancelled() => return }
+    }
+}

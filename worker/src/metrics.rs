@@ -1,0 +1,88 @@
+//! Prometheus metrics, prefixed `ainern2d_worker_`, with bounded label sets (kind, outcome, stage).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub kind: String,
+    pub stage: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs: Family<OutcomeLabels, Counter>,
+    pub stage_seconds: Family<StageLabels, Histogram>,
+    pub overhead_seconds: Family<KindLabel, Histogram>,
+    pub in_flight: Family<KindLabel, Gauge>,
+    pub retries: Family<KindLabel, Counter>,
+    pub upload_bytes: Family<KindLabel, Counter>,
+    pub broker_connected: Gauge,
+    pub reconnects: Counter,
+    pub consumer_resubscribes: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ainern2d_worker");
+        let jobs = Family::<OutcomeLabels, Counter>::default();
+        // 1 ms .. ~9 h: covers a no-op job and a long video render.
+        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.5, 18)));
+        let overhead_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
+        let in_flight = Family::<KindLabel, Gauge>::default();
+        let retries = Family::<KindLabel, Counter>::default();
+        let upload_bytes = Family::<KindLabel, Counter>::default();
+        let broker_connected = Gauge::default();
+        let reconnects = Counter::default();
+        let consumer_resubscribes = Counter::default();
+        registry.register("jobs", "Jobs finished, by kind and outcome", jobs.clone());
+        registry.register("stage_duration_seconds", "Time per job stage (queue, fetch, inference, upload, total)", stage_seconds.clone());
+        registry.register("overhead_seconds", "Runtime time per job outside fetch, inference and upload", overhead_seconds.clone());
+        registry.register("jobs_in_flight", "Deliveries being handled", in_flight.clone());
+        registry.register("retries", "Jobs sent to a retry queue", retries.clone());
+        registry.register("upload_bytes", "Bytes uploaded to the artifact store", upload_bytes.clone());
+        registry.register("broker_connected", "1 while the broker connection is up", broker_connected.clone());
+        registry.register("broker_reconnects", "Broker connections re-established", reconnects.clone());
+        registry.register("consumer_resubscribes", "Consumers re-subscribed after a broker-side cancel", consumer_resubscribes.clone());
+        Metrics { registry, jobs, stage_seconds, overhead_seconds, in_flight, retries, upload_bytes, broker_connected, reconnects, consumer_resubscribes }
+    }
+
+    pub fn kind(kind: &str) -> KindLabel {
+        KindLabel { kind: kind.to_string() }
+    }
+
+    pub fn stage(&self, kind: &str, stage: &str, seconds: f64) {
+        self.stage_seconds.get_or_create(&StageLabels { kind: kind.into(), stage: stage.into() }).observe(seconds);
+    }
+
+    pub fn outcome(&self, kind: &str, outcome: &str) {
+        self.jobs.get_or_create(&OutcomeLabels { kind: kind.into(), outcome: outcome.into() }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,146 @@
+//! The artifact store boundary: S3 (any S3 API: MinIO, AWS, s3s) in production, a local directory for the
+//! one-command local mode. The same conformance suite runs against both.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// What the store knows about a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub size: u64,
+    /// The SHA-256 recorded when the object was written (metadata `sha256`).
+    pub sha256: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("object s3://{bucket}/{key} is {size} bytes, above the limit of {limit}")]
+    TooLarge { bucket: String, key: String, size: u64, limit: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// Unavailability is worth a retry; a missing or oversized object is not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait ArtifactStore: Send + Sync {
+    /// Stores the file at `bucket/key`, atomically (readers see all of it or nothing).
+    async fn put(&self, bucket: &str, key: &str, file: &Path, content_type: &str, sha256: &str) -> Result<(), StoreError>;
+    /// The object's metadata, `None` when it does not exist.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// A time-limited URL to read the object.
+    async fn presign_get(&self, bucket: &str, key: &str, ttl: Duration) -> Result<String, StoreError>;
+    /// Downloads `bucket/key` into `dest`, refusing objects larger than `max_bytes`. Returns the size.
+    async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path, max_bytes: u64) -> Result<u64, StoreError>;
+    /// Creates the bucket when it does not exist.
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    /// Readiness probe.
+    async fn check(&self, bucket: &str) -> Result<(), StoreError>;
+}
+
+/// A directory tree: `<root>/<bucket>/<key>`, with metadata in `<root>/.meta/<bucket>/<key>.json`.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
+        // Keys come from validated jobs, but the store is a boundary: never let a key leave the root.
+        let safe = |s: &str| !s.is_empty() && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".meta"));
+        if !safe(bucket) || bucket.contains('/') || !safe(key) {
+            return Err(StoreError::Rejected(format!("refusing unsafe object path {bucket}/{key}")));
+        }
+        Ok(self.root.join(bucket).join(key))
+    }
+
+    fn meta_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(".meta").join(bucket).join(format!("{key}.json"))
+    }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("local store: {e}"))
+}
+
+#[async_trait]
+impl ArtifactStore for LocalStore {
+    async fn put(&self, bucket: &str, key: &str, file: &Path, content_type: &str, sha256: &str) -> Result<(), StoreError> {
+        let dest = self.path(bucket, key)?;
+        let meta = self.meta_path(bucket, key);
+        for dir in [dest.parent(), meta.parent()].into_iter().flatten() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let tmp = dest.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
+        tokio::fs::copy(file, &tmp).await.map_err(io)?;
+        let size = tokio::fs::metadata(&tmp).await.map_err(io)?.len();
+        let doc = serde_json::json!({"size": size, "sha256": sha256, "content_type": content_type});
+        tokio::fs::write(&meta, doc.to_string()).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
+        Ok(())
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let path = self.path(bucket, key)?;
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let meta: serde_json::Value = tokio::fs::read(self.meta_path(bucket, key))
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(Some(StoredObject {
+            size,
+            sha256: meta["sha256"].as_str().map(str::to_owned),
+            content_type: meta["content_type"].as_str().map(str::to_owned),
+        }))
+    }
+
+    async fn presign_get(&self, bucket: &str, key: &str, _ttl: Duration) -> Result<String, StoreError> {
+        let path = self.path(bucket, key)?;
+        let abs = std::path::absolute(&path).map_err(io)?;
+        Ok(format!("file://{}", abs.display()))
+    }
+
+    async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path, max_bytes: u64) -> Result<u64, StoreError> {
+        let src = self.path(bucket, key)?;
+        let size = match tokio::fs::metadata(&src).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { bucket: bucket.into(), key: key.into() });
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if size > max_bytes {
+            return Err(StoreError::TooLarge { bucket: bucket.into(), key: key.into(), size, limit: max_bytes });
+        }
+        tokio::fs::copy(&src, dest).await.map_err(io)
+    }
+
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        tokio::fs::create_dir_all(self.root.join(bucket)).await.map_err(io)
+    }
+
+    async fn check(&self, bucket: &str) -> Result<(), StoreError> {
+        tokio::fs::metadata(self.root.join(bucket)).await.map(|_| ()).map_err(io)
+    }
+}
