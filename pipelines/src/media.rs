@@ -139,6 +139,11 @@ fn drain(
 ) -> Result<(), PipelineError> {
     while encoder.receive_packet(packet).is_ok() {
         packet.set_stream(index);
+        // Each packet is one frame; without a duration the MP4 muxer gives the last frame none and the
+        // clip comes out one frame short.
+        if packet.duration() == 0 {
+            packet.set_duration(1);
+        }
         packet.rescale_ts(from, to);
         packet.write_interleaved(octx)?;
     }

@@ -1,0 +1,70 @@
+# Helpers shared by scripts/test.sh and .ci/run: make the services the tests need reachable on loopback.
+# Sourced, not executed.
+
+S3_PORT="${S3_PORT:-9000}"
+S3_ACCESS_KEY="${S3_ACCESS_KEY:-minioadmin}"
+S3_SECRET_KEY="${S3_SECRET_KEY:-minioadmin}"
+SERVICES_DIR="${SERVICES_DIR:-${TMPDIR:-/tmp}/ainern2d-services}"
+mkdir -p "$SERVICES_DIR"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  for _ in $(seq 1 "$2"); do port_open "$1" && return 0; sleep 1; done
+  echo "error: $3 did not open 127.0.0.1:$1 within $2 s" >&2
+  return 1
+}
+
+APT_UPDATED=""
+apt_install() {
+  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing_pkgs() { for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done; }
+
+ensure_build_deps() {
+  local missing
+  missing=$(missing_pkgs pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev \
+    libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev ffmpeg)
+  if [ -n "$missing" ]; then echo "installing build dependencies: $missing"; apt_install $missing; fi
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null || { echo "installing rabbitmq-server"; apt_install rabbitmq-server; }
+  echo "starting RabbitMQ"
+  as_root rabbitmq-server -detached
+  wait_port 5672 90 RabbitMQ
+  # The port opens before the broker accepts logins; wait until it answers.
+  for _ in $(seq 1 60); do as_root rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then echo "installing postgresql"; apt_install postgresql; fi
+  local version; version=$(ls /etc/postgresql | sort -V | tail -n1)
+  # Tests connect over TCP as `postgres` without a password, like the shared test machines.
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q "ainern2d-tests" "$hba"; then
+    as_root sh -c "printf '# ainern2d-tests\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' | cat - '$hba' > '$hba.new' && mv '$hba.new' '$hba'"
+  fi
+  echo "starting PostgreSQL $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  wait_port 5432 60 PostgreSQL
+}
+
+ensure_s3() {
+  port_open "$S3_PORT" && return 0
+  if ! command -v s3s-fs >/dev/null; then
+    echo "installing s3s-fs (S3 API server) from crates.io"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked
+  fi
+  mkdir -p "$SERVICES_DIR/s3"
+  echo "starting s3s-fs on 127.0.0.1:$S3_PORT"
+  nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
+    "$SERVICES_DIR/s3" >"$SERVICES_DIR/s3s-fs.log" 2>&1 &
+  wait_port "$S3_PORT" 30 s3s-fs
+}
