@@ -1,1 +1,408 @@
-//! p
+//! Helpers for the integration and end-to-end tests: the real worker binary as a child process, a tap on
+//! the events exchange, S3 buckets and RabbitMQ names unique per test, and a private RabbitMQ node for
+//! tests that restart the broker. Services are found through `AINERN2D_TEST_*` variables (set by
+//! `scripts/test.sh`); a test that cannot reach one fails and says how to start it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ainern2d_contract::{Event, EventStatus, JobKind};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+pub fn amqp_url() -> String {
+    std::env::var("AINERN2D_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("AINERN2D_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+}
+
+pub const S3_KEY: &str = "minioadmin";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `t-<name>-<random>`: queue, exchange and bucket names no other test uses.
+pub fn unique(name: &str) -> String {
+    format!("t-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// A binary of the workspace, from the target directory these tests were built into.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach RabbitMQ at {url} ({e}): run scripts/test.sh, which starts it"))
+}
+
+pub async fn s3() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(s3_endpoint())
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(S3_KEY, S3_KEY, None, None, "tests"))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("cannot create bucket on the S3 server at {} ({e:?}): run scripts/test.sh, which starts it", s3_endpoint()));
+}
+
+pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let out = client.list_objects_v2().bucket(bucket).prefix(prefix).send().await.unwrap();
+    out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+}
+
+pub async fn delete_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    for key in list_keys(client, bucket, "").await {
+        let _ = client.delete_object().bucket(bucket).key(key).send().await;
+    }
+    let _ = client.delete_bucket().bucket(bucket).send().await;
+}
+
+/// A worker process with its own config file and log.
+pub struct Worker {
+    pub child: Child,
+    pub http_port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A config for a test worker: broker, prefix and bucket of the test, fast heartbeats, and `extra` TOML
+/// appended (later keys of a section must be given as `[section]` blocks in `extra`).
+pub fn worker_config(amqp: &str, prefix: &str, bucket: &str, http_port: u16, extra: &str) -> String {
+    format!(
+        r#"worker_id = "{prefix}-w{http_port}"
+scratch_dir = "{scratch}"
+[broker]
+url = "{amqp}"
+prefix = "{prefix}"
+reconnect_max_ms = 2000
+[store]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+access_key_id = "{key}"
+secret_access_key = "{key}"
+[http]
+listen = "127.0.0.1:{http_port}"
+[heartbeat]
+interval_ms = 500
+[events]
+progress_interval_ms = 100
+{extra}
+"#,
+        scratch = std::env::temp_dir().join("ainern2d-test-scratch").display(),
+        endpoint = s3_endpoint(),
+        key = S3_KEY,
+    )
+}
+
+impl Worker {
+    pub fn spawn(config: &str) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, config).unwrap();
+        let port = config.lines().find_map(|l| l.strip_prefix("listen = \"127.0.0.1:")).and_then(|p| p.trim_end_matches('"').parse().ok()).unwrap_or(0);
+        let log = dir.path().join("worker.log");
+        let child = Command::new(binary("ainern2d-worker"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,ainern2d_worker=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, http_port: port, log, _dir: dir }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/ready` answers 200 (broker connected, topology declared, store reachable).
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/ready", self.http_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("worker exited early ({status}):\n{}", self.logs());
+            }
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker not ready within 30 s:\n{}", self.logs());
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "worker did not exit within {within:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything published on a test's events exchange (`job.#`), from the moment of creation.
+pub struct EventTap {
+    consumer: lapin::Consumer,
+    pub seen: Vec<Event>,
+}
+
+impl EventTap {
+    pub async fn new(channel: &Channel, prefix: &str) -> EventTap {
+        let exchange = format!("{prefix}.events");
+        channel
+            .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        channel.queue_bind(queue.name().clone(), exchange.as_str().into(), "job.#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let consumer = channel
+            .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        EventTap { consumer, seen: Vec::new() }
+    }
+
+    /// Waits for the first event (seen before or arriving) that matches.
+    pub async fn wait_for(&mut self, within: Duration, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.consumer.next()).await;
+            match next {
+                Ok(Some(Ok(d))) => {
+                    let event: Event = serde_json::from_slice(&d.data).unwrap_or_else(|e| panic!("event does not parse ({e}): {}", String::from_utf8_lossy(&d.data)));
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                }
+                Ok(other) => panic!("event stream ended: {other:?}"),
+                Err(_) => panic!("no {what} event within {within:?}; saw: {:#?}", self.seen.iter().map(|e| (&e.job_id, e.attempt, e.status)).collect::<Vec<_>>()),
+            }
+        }
+    }
+
+    pub async fn terminal(&mut self, job_id: &str, within: Duration) -> Event {
+        self.wait_for(within, &format!("terminal event of {job_id}"), |e| e.job_id == job_id && e.status.is_terminal()).await
+    }
+
+    /// Collects whatever arrives during `period`.
+    pub async fn drain_for(&mut self, period: Duration) {
+        let deadline = tokio::time::Instant::now() + period;
+        while let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, self.consumer.next()).await {
+            if let Ok(event) = serde_json::from_slice::<Event>(&d.data) {
+                self.seen.push(event);
+            }
+        }
+    }
+
+    pub fn count(&self, job_id: &str, status: EventStatus) -> usize {
+        self.seen.iter().filter(|e| e.job_id == job_id && e.status == status).count()
+    }
+}
+
+pub async fn publish_job(channel: &Channel, prefix: &str, kind: JobKind, body: &[u8]) {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            format!("{prefix}.jobs.{kind}").as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "publish not confirmed");
+    if let lapin::Confirmation::Ack(Some(returned)) = confirm {
+        panic!("job was unroutable (is the worker's topology declared?): {returned:?}");
+    }
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch
+}
+
+/// Deletes every queue and exchange a worker declared under `prefix`.
+pub async fn delete_topology(channel: &Channel, prefix: &str, retry_levels: usize) {
+    for kind in JobKind::ALL {
+        let _ = channel.queue_delete(format!("{prefix}.jobs.{kind}").as_str().into(), QueueDeleteOptions::default()).await;
+        for level in 0..retry_levels {
+            let _ = channel.queue_delete(format!("{prefix}.retry.{kind}.{level}").as_str().into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    let _ = channel.queue_delete(format!("{prefix}.dead").as_str().into(), QueueDeleteOptions::default()).await;
+    for ex in ["events", "control", "dlx"] {
+        let _ = channel.exchange_delete(format!("{prefix}.{ex}").as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+}
+
+/// Messages ready in a queue (passive declare: the queue must exist).
+pub async fn queue_len(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
+}
+
+/// A job body for `kind` with the given id and output prefix.
+pub fn job(kind: JobKind, job_id: &str, params: serde_json::Value, inputs: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schema": "ainern2d.job.v1",
+        "job_id": job_id,
+        "kind": kind,
+        "params": params,
+        "inputs": inputs,
+        "output": {"prefix": "out"},
+    }))
+    .unwrap()
+}
+
+pub fn small_params(kind: JobKind) -> serde_json::Value {
+    match kind {
+        JobKind::Llm => serde_json::json!({"prompt": "hello", "max_tokens": 16, "seed": 1}),
+        JobKind::Audio => serde_json::json!({"text": "hello there", "duration_s": 0.5, "sample_rate": 16000}),
+        JobKind::Video => serde_json::json!({"width": 64, "height": 48, "fps": 8, "duration_s": 1.0}),
+        JobKind::Lipsync => serde_json::json!({}),
+    }
+}
+
+/// A RabbitMQ node of its own on free ports, for tests that restart the broker (never the shared one).
+pub struct PrivateBroker {
+    pub port: u16,
+    pub node: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> PrivateBroker {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let node = format!("ainern2d-test-{port}@localhost");
+        let mut broker = PrivateBroker { port, node, dir, child: None };
+        broker.boot().await;
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    async fn boot(&mut self) {
+        let base = self.dir.path();
+        std::fs::write(base.join("rabbitmq.conf"), format!("listeners.tcp.default = {}\nloopback_users = none\n", self.port)).unwrap();
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        let server = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("rabbitmq-server");
+        let child = Command::new(server)
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", base.join("log"))
+            .env("RABBITMQ_PID_FILE", base.join("pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start a private rabbitmq-server ({e}): install rabbitmq-server (scripts/test.sh does)"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if Connection::connect(&self.url(), ConnectionProperties::default()).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private RabbitMQ on port {} did not start within 60 s (logs in {})", self.port, base.join("log").display());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the node and starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.boot().await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

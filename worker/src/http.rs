@@ -15,10 +15,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics)).with_state(shared)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    // Keep answering probes while the worker drains; stop only when the process ends.
-    let _ = shutdown;
-    if let Err(e) = axum::serve(listener, router(shared)).await {
+/// Serves until `stop` fires. The caller fires it after the drain, so probes keep answering while the
+/// worker drains (readiness says `draining`).
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    if let Err(e) = axum::serve(listener, router(shared)).with_graceful_shutdown(stop.cancelled_owned()).await {
         tracing::error!("http server stopped: {e}");
     }
 }

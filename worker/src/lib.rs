@@ -118,11 +118,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", shared.config.http.listen))?;
     tracing::info!(worker_id = %shared.config.worker_id, listen = %listener.local_addr()?, "ainern2d worker starting");
-    let http = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop.clone()));
     tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
-    runner::run(shared.clone(), shutdown).await?;
+    let result = runner::run(shared.clone(), shutdown).await;
+    http_stop.cancel();
     let _ = http.await;
-    Ok(())
+    result
 }
 
 /// Creates the output bucket when configured to, then keeps the store's readiness current.
