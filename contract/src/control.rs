@@ -35,8 +35,12 @@ pub enum ControlCommand {
     Cordon,
     Uncordon,
     /// Stop a job: skipped when delivered, stopped when running.
-    Cancel { job_id: String },
-    ApplyDowngrade { profile: DowngradeProfile },
+    Cancel {
+        job_id: String,
+    },
+    ApplyDowngrade {
+        profile: DowngradeProfile,
+    },
     ClearDowngrade,
 }
 

@@ -40,7 +40,10 @@ impl EventStatus {
 
     /// A terminal status ends the job: no later event of the same job changes its outcome.
     pub fn is_terminal(self) -> bool {
-        matches!(self, EventStatus::Succeeded | EventStatus::Failed | EventStatus::Cancelled | EventStatus::DeadLettered)
+        matches!(
+            self,
+            EventStatus::Succeeded | EventStatus::Failed | EventStatus::Cancelled | EventStatus::DeadLettered
+        )
     }
 }
 
@@ -116,7 +119,14 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(job_id: &str, kind: Option<JobKind>, attempt: u32, worker_id: &str, status: EventStatus, seq: u32) -> Self {
+    pub fn new(
+        job_id: &str,
+        kind: Option<JobKind>,
+        attempt: u32,
+        worker_id: &str,
+        status: EventStatus,
+        seq: u32,
+    ) -> Self {
         let event_id = if status.is_terminal() || status == EventStatus::Retrying {
             format!("{job_id}/{attempt}/{}", status.as_str())
         } else {

@@ -286,7 +286,9 @@ fn parse_value(value: Value) -> Result<Job, ContractError> {
         JobKind::Llm => JobSpec::Llm(params(wire.params)?),
         JobKind::Audio => JobSpec::Audio(params(wire.params)?),
         JobKind::Video => JobSpec::Video(params(wire.params)?),
-        JobKind::Lipsync => JobSpec::Lipsync(if wire.params.is_null() { LipsyncParams::default() } else { params(wire.params)? }),
+        JobKind::Lipsync => {
+            JobSpec::Lipsync(if wire.params.is_null() { LipsyncParams::default() } else { params(wire.params)? })
+        }
     };
     let job = Job {
         schema: wire.schema,
@@ -311,9 +313,7 @@ fn params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ContractErr
     serde_path_to_error::deserialize(value).map_err(path_error("params"))
 }
 
-fn path_error<E: std::fmt::Display>(
-    prefix: &'static str,
-) -> impl Fn(serde_path_to_error::Error<E>) -> ContractError {
+fn path_error<E: std::fmt::Display>(prefix: &'static str) -> impl Fn(serde_path_to_error::Error<E>) -> ContractError {
     move |e| {
         let path = e.path().to_string();
         let field = match (prefix.is_empty(), path.as_str()) {
@@ -399,7 +399,10 @@ impl Job {
         }
         for (name, required) in accepted {
             if *required && !self.inputs.contains_key(*name) {
-                return Err(ContractError::field(format!("inputs.{name}"), format!("required for {} jobs", self.kind())));
+                return Err(ContractError::field(
+                    format!("inputs.{name}"),
+                    format!("required for {} jobs", self.kind()),
+                ));
             }
         }
         Ok(())
@@ -458,7 +461,10 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
             }
             range("fps", p.fps, 1, 60)?;
             if !(p.duration_s > 0.0 && p.duration_s <= 120.0) {
-                return Err(ContractError::field("params.duration_s", format!("{} is out of range (0, 120]", p.duration_s)));
+                return Err(ContractError::field(
+                    "params.duration_s",
+                    format!("{} is out of range (0, 120]", p.duration_s),
+                ));
             }
             range("steps", p.steps, 1, 200)?;
         }
@@ -575,17 +581,116 @@ mod tests {
         let table: Vec<(&str, Value, ErrorCode, Option<&str>)> = vec![
             ("not json", Value::String("x".into()), ErrorCode::MalformedMessage, None),
             ("no schema", serde_json::json!({"job_id": "a"}), ErrorCode::InvalidField, Some("schema")),
-            ("v2", { let mut j = video_job(); j["schema"] = "ainern2d.job.v2".into(); j }, ErrorCode::UnsupportedSchema, Some("schema")),
-            ("odd width", { let mut j = video_job(); j["params"]["width"] = 65.into(); j }, ErrorCode::InvalidField, Some("params.width")),
-            ("width type", { let mut j = video_job(); j["params"]["width"] = "wide".into(); j }, ErrorCode::InvalidField, Some("params.width")),
-            ("no height", { let mut j = video_job(); j["params"].as_object_mut().unwrap().remove("height"); j }, ErrorCode::InvalidField, Some("params.height")),
-            ("unknown param", { let mut j = video_job(); j["params"]["widht"] = 1.into(); j }, ErrorCode::InvalidField, Some("params.widht")),
-            ("bad kind", { let mut j = video_job(); j["kind"] = "image".into(); j }, ErrorCode::InvalidField, Some("kind")),
-            ("path trick", { let mut j = video_job(); j["output"]["prefix"] = "a/../b".into(); j }, ErrorCode::InvalidField, Some("output.prefix")),
-            ("job id slash", { let mut j = video_job(); j["job_id"] = "a/b".into(); j }, ErrorCode::InvalidField, Some("job_id")),
-            ("file input", { let mut j = video_job(); j["inputs"] = serde_json::json!({"image": "file:///etc/passwd"}); j }, ErrorCode::InvalidField, Some("inputs.image")),
-            ("unknown input", { let mut j = video_job(); j["inputs"] = serde_json::json!({"audio": "s3://b-1/k"}); j }, ErrorCode::InvalidField, Some("inputs.audio")),
-            ("traceparent", { let mut j = video_job(); j["traceparent"] = "nope".into(); j }, ErrorCode::InvalidField, Some("traceparent")),
+            (
+                "v2",
+                {
+                    let mut j = video_job();
+                    j["schema"] = "ainern2d.job.v2".into();
+                    j
+                },
+                ErrorCode::UnsupportedSchema,
+                Some("schema"),
+            ),
+            (
+                "odd width",
+                {
+                    let mut j = video_job();
+                    j["params"]["width"] = 65.into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("params.width"),
+            ),
+            (
+                "width type",
+                {
+                    let mut j = video_job();
+                    j["params"]["width"] = "wide".into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("params.width"),
+            ),
+            (
+                "no height",
+                {
+                    let mut j = video_job();
+                    j["params"].as_object_mut().unwrap().remove("height");
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("params.height"),
+            ),
+            (
+                "unknown param",
+                {
+                    let mut j = video_job();
+                    j["params"]["widht"] = 1.into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("params.widht"),
+            ),
+            (
+                "bad kind",
+                {
+                    let mut j = video_job();
+                    j["kind"] = "image".into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("kind"),
+            ),
+            (
+                "path trick",
+                {
+                    let mut j = video_job();
+                    j["output"]["prefix"] = "a/../b".into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("output.prefix"),
+            ),
+            (
+                "job id slash",
+                {
+                    let mut j = video_job();
+                    j["job_id"] = "a/b".into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("job_id"),
+            ),
+            (
+                "file input",
+                {
+                    let mut j = video_job();
+                    j["inputs"] = serde_json::json!({"image": "file:///etc/passwd"});
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("inputs.image"),
+            ),
+            (
+                "unknown input",
+                {
+                    let mut j = video_job();
+                    j["inputs"] = serde_json::json!({"audio": "s3://b-1/k"});
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("inputs.audio"),
+            ),
+            (
+                "traceparent",
+                {
+                    let mut j = video_job();
+                    j["traceparent"] = "nope".into();
+                    j
+                },
+                ErrorCode::InvalidField,
+                Some("traceparent"),
+            ),
         ];
         for (name, value, code, field) in table {
             let e = err(value);

@@ -16,11 +16,11 @@ mod job;
 pub mod schema;
 pub mod topology;
 
-pub use control::{Control, ControlCommand, DowngradeProfile, CONTROL_SCHEMA};
+pub use control::{CONTROL_SCHEMA, Control, ControlCommand, DowngradeProfile};
 pub use error::{ContractError, ErrorCode};
-pub use event::{ErrorInfo, Event, EventStatus, OutputObject, Progress, EVENT_SCHEMA};
-pub use heartbeat::{GpuStats, Heartbeat, SlotUsage, WorkerState, HEARTBEAT_SCHEMA};
+pub use event::{EVENT_SCHEMA, ErrorInfo, Event, EventStatus, OutputObject, Progress};
+pub use heartbeat::{GpuStats, HEARTBEAT_SCHEMA, Heartbeat, SlotUsage, WorkerState};
 pub use job::{
-    parse_job, AudioParams, InputRef, Job, JobKind, JobSpec, LipsyncParams, LlmParams, OutputLocation,
-    VideoParams, JOB_SCHEMA,
+    AudioParams, InputRef, JOB_SCHEMA, Job, JobKind, JobSpec, LipsyncParams, LlmParams, OutputLocation, VideoParams,
+    parse_job,
 };

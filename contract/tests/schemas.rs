@@ -64,10 +64,25 @@ fn golden_fixtures_round_trip() {
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let name = path.file_name().unwrap().to_str().unwrap();
         let (schema, reparsed) = match name.split('.').next().unwrap() {
-            "job" => ("job.v1.schema.json", serde_json::to_value(serde_json::from_value::<ainern2d_contract::Job>(value.clone()).unwrap()).unwrap()),
-            "event" => ("event.v1.schema.json", serde_json::to_value(serde_json::from_value::<ainern2d_contract::Event>(value.clone()).unwrap()).unwrap()),
-            "heartbeat" => ("heartbeat.v1.schema.json", serde_json::to_value(serde_json::from_value::<ainern2d_contract::Heartbeat>(value.clone()).unwrap()).unwrap()),
-            "control" => ("control.v1.schema.json", serde_json::to_value(serde_json::from_value::<ainern2d_contract::Control>(value.clone()).unwrap()).unwrap()),
+            "job" => (
+                "job.v1.schema.json",
+                serde_json::to_value(serde_json::from_value::<ainern2d_contract::Job>(value.clone()).unwrap()).unwrap(),
+            ),
+            "event" => (
+                "event.v1.schema.json",
+                serde_json::to_value(serde_json::from_value::<ainern2d_contract::Event>(value.clone()).unwrap())
+                    .unwrap(),
+            ),
+            "heartbeat" => (
+                "heartbeat.v1.schema.json",
+                serde_json::to_value(serde_json::from_value::<ainern2d_contract::Heartbeat>(value.clone()).unwrap())
+                    .unwrap(),
+            ),
+            "control" => (
+                "control.v1.schema.json",
+                serde_json::to_value(serde_json::from_value::<ainern2d_contract::Control>(value.clone()).unwrap())
+                    .unwrap(),
+            ),
             other => panic!("fixture {name}: unknown message type {other}"),
         };
         assert!(validator(schema).is_valid(&value), "{name} does not match {schema}");

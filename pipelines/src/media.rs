@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, encoder, filter, format, frame, media, software};
 use ffmpeg_next as ffmpeg;
-use ffmpeg::{codec, encoder, filter, format, frame, media, software, ChannelLayout, Dictionary, Packet, Rational};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::PipelineError;
@@ -21,14 +21,19 @@ pub(crate) fn init() {
 
 /// Decodes the first frame of an image or video and scales it to `width`×`height` YUV 4:2:0.
 pub(crate) fn load_still(path: &Path, width: u32, height: u32) -> Result<frame::Video, PipelineError> {
-    let corrupt = |e: ffmpeg::Error| PipelineError::permanent(format!("input image {} cannot be decoded: {e}", path.display()));
+    let corrupt =
+        |e: ffmpeg::Error| PipelineError::permanent(format!("input image {} cannot be decoded: {e}", path.display()));
     let mut ictx = format::input(path).map_err(corrupt)?;
     let stream = ictx
         .streams()
         .best(media::Type::Video)
         .ok_or_else(|| PipelineError::permanent(format!("input image {} has no picture", path.display())))?;
     let index = stream.index();
-    let mut decoder = codec::context::Context::from_parameters(stream.parameters()).map_err(corrupt)?.decoder().video().map_err(corrupt)?;
+    let mut decoder = codec::context::Context::from_parameters(stream.parameters())
+        .map_err(corrupt)?
+        .decoder()
+        .video()
+        .map_err(corrupt)?;
     let mut decoded = frame::Video::empty();
     let mut got = false;
     let mut packet = Packet::empty();
@@ -220,7 +225,8 @@ pub(crate) fn mux(
         ost.set_time_base(v_tb);
         ost.index()
     };
-    let aac = encoder::find(codec::Id::AAC).ok_or_else(|| PipelineError::permanent("this FFmpeg build has no AAC encoder"))?;
+    let aac = encoder::find(codec::Id::AAC)
+        .ok_or_else(|| PipelineError::permanent("this FFmpeg build has no AAC encoder"))?;
     let out_a = octx.add_stream(aac)?.index();
     let mut aenc = codec::context::Context::new_with_codec(aac).encoder().audio()?;
     let rate = decoder.rate() as i32;

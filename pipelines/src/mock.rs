@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{PipelineError, PipelineErrorKind};
-use crate::{media, Artifact, Pipeline, ProgressSink, RunRequest};
+use crate::{Artifact, Pipeline, ProgressSink, RunRequest, media};
 
 /// What an injected failure looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -44,13 +44,23 @@ pub struct MockConfig {
 
 impl Default for MockConfig {
     fn default() -> Self {
-        MockConfig { latency_ms: 0, failure_rate: 0.0, failure: FaultKind::Retryable, hang_rate: 0.0, crash_rate: 0.0, fault_attempts: 0, upload_delay_ms: 0 }
+        MockConfig {
+            latency_ms: 0,
+            failure_rate: 0.0,
+            failure: FaultKind::Retryable,
+            hang_rate: 0.0,
+            crash_rate: 0.0,
+            fault_attempts: 0,
+            upload_delay_ms: 0,
+        }
     }
 }
 
 impl MockConfig {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("failure_rate", self.failure_rate), ("hang_rate", self.hang_rate), ("crash_rate", self.crash_rate)] {
+        for (name, v) in
+            [("failure_rate", self.failure_rate), ("hang_rate", self.hang_rate), ("crash_rate", self.crash_rate)]
+        {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("mock.{name} must be between 0 and 1, got {v}"));
             }
@@ -164,7 +174,12 @@ impl Pipeline for MockPipeline {
         vec![name.to_string()]
     }
 
-    fn run(&self, req: &RunRequest<'_>, progress: &dyn ProgressSink, cancel: &CancellationToken) -> Result<Vec<Artifact>, PipelineError> {
+    fn run(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Artifact>, PipelineError> {
         if req.job.kind() != self.kind {
             return Err(PipelineError::permanent(format!("{} pipeline given a {} job", self.kind, req.job.kind())));
         }
@@ -173,7 +188,8 @@ impl Pipeline for MockPipeline {
         let latency = Duration::from_millis(self.config.latency_ms);
         match &req.job.spec {
             JobSpec::Llm(p) => {
-                let max_tokens = req.downgrade.and_then(|d| d.llm_max_tokens).map_or(p.max_tokens, |cap| p.max_tokens.min(cap));
+                let max_tokens =
+                    req.downgrade.and_then(|d| d.llm_max_tokens).map_or(p.max_tokens, |cap| p.max_tokens.min(cap));
                 llm(req, &p.prompt, p.seed, max_tokens, latency, progress, cancel)
             }
             JobSpec::Audio(p) => {
@@ -194,7 +210,11 @@ impl Pipeline for MockPipeline {
             }
             JobSpec::Lipsync(_) => {
                 sleep(latency, cancel)?;
-                let input = |n: &str| req.inputs.get(n).ok_or_else(|| PipelineError::permanent(format!("lipsync input `{n}` was not fetched")));
+                let input = |n: &str| {
+                    req.inputs
+                        .get(n)
+                        .ok_or_else(|| PipelineError::permanent(format!("lipsync input `{n}` was not fetched")))
+                };
                 let out = req.workdir.join("lipsync.mp4");
                 media::mux(input("video")?, input("audio")?, &out, cancel, |f| progress.progress(f, "mux", None))?;
                 Ok(vec![Artifact { name: "lipsync.mp4".into(), path: out, content_type: "video/mp4".into() }])
@@ -204,8 +224,8 @@ impl Pipeline for MockPipeline {
 }
 
 const WORDS: &[&str] = &[
-    "the", "lamp", "storm", "keeper", "light", "sea", "night", "waves", "harbor", "wind", "rope", "bell", "stone", "salt",
-    "shadow", "signal", "ship", "tide", "glass", "fog", "north", "quiet", "burning", "cold", "far", "home",
+    "the", "lamp", "storm", "keeper", "light", "sea", "night", "waves", "harbor", "wind", "rope", "bell", "stone",
+    "salt", "shadow", "signal", "ship", "tide", "glass", "fog", "north", "quiet", "burning", "cold", "far", "home",
 ];
 
 fn llm(
@@ -234,7 +254,11 @@ fn llm(
         text.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
         let done = i + 1;
         let secs = start.elapsed().as_secs_f64().max(1e-6);
-        progress.progress(done as f32 / max_tokens as f32, "inference", Some(format!("{done}/{max_tokens} tokens, {:.1} tok/s", done as f64 / secs)));
+        progress.progress(
+            done as f32 / max_tokens as f32,
+            "inference",
+            Some(format!("{done}/{max_tokens} tokens, {:.1} tok/s", done as f64 / secs)),
+        );
     }
     let elapsed = start.elapsed().as_secs_f64();
     let body = serde_json::json!({
@@ -258,7 +282,8 @@ fn audio(
     cancel: &CancellationToken,
 ) -> Result<Vec<Artifact>, PipelineError> {
     let path = req.workdir.join("audio.wav");
-    let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let io = |e: hound::Error| PipelineError::retryable(format!("writing the WAV failed: {e}"));
     let mut writer = hound::WavWriter::create(&path, spec).map_err(io)?;
     let total = (duration_s * f64::from(sample_rate)).round() as u64;
@@ -323,11 +348,16 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("examples")
     }
 
-    fn run(kind: JobKind, config: MockConfig, attempt: u32) -> (tempfile::TempDir, Result<Vec<Artifact>, PipelineError>) {
+    fn run(
+        kind: JobKind,
+        config: MockConfig,
+        attempt: u32,
+    ) -> (tempfile::TempDir, Result<Vec<Artifact>, PipelineError>) {
         let body = std::fs::read(examples().join(format!("jobs/{kind}.json"))).unwrap();
         let job = parse_job(&body).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let inputs: BTreeMap<_, _> = job.inputs.iter().map(|(k, v)| (k.clone(), examples().parent().unwrap().join(&v.0))).collect();
+        let inputs: BTreeMap<_, _> =
+            job.inputs.iter().map(|(k, v)| (k.clone(), examples().parent().unwrap().join(&v.0))).collect();
         let req = RunRequest { job: &job, attempt, inputs, workdir: dir.path().to_path_buf(), downgrade: None };
         let out = MockPipeline::new(kind, config).run(&req, &NoProgress, &CancellationToken::new());
         (dir, out)
@@ -363,7 +393,8 @@ mod tests {
 
     #[test]
     fn faults_are_injected_and_limited_to_early_attempts() {
-        let config = MockConfig { failure_rate: 1.0, failure: FaultKind::Permanent, fault_attempts: 1, ..MockConfig::default() };
+        let config =
+            MockConfig { failure_rate: 1.0, failure: FaultKind::Permanent, fault_attempts: 1, ..MockConfig::default() };
         let (_d, first) = run(JobKind::Audio, config.clone(), 1);
         assert_eq!(first.unwrap_err().kind, PipelineErrorKind::Permanent);
         let (_d, second) = run(JobKind::Audio, config, 2);
@@ -379,7 +410,9 @@ mod tests {
         std::fs::write(&junk, b"this is not a video").unwrap();
         let inputs = BTreeMap::from([("video".to_string(), junk.clone()), ("audio".to_string(), junk)]);
         let req = RunRequest { job: &job, attempt: 1, inputs, workdir: dir.path().to_path_buf(), downgrade: None };
-        let err = MockPipeline::new(JobKind::Lipsync, MockConfig::default()).run(&req, &NoProgress, &CancellationToken::new()).unwrap_err();
+        let err = MockPipeline::new(JobKind::Lipsync, MockConfig::default())
+            .run(&req, &NoProgress, &CancellationToken::new())
+            .unwrap_err();
         assert_eq!(err.kind, PipelineErrorKind::Permanent, "{err}");
         assert!(err.message.contains("cannot be read"), "{err}");
     }
@@ -390,7 +423,13 @@ mod tests {
         let body = std::fs::read(examples().join("jobs/llm.json")).unwrap();
         let job = parse_job(&body).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let req = RunRequest { job: &job, attempt: 1, inputs: BTreeMap::new(), workdir: dir.path().to_path_buf(), downgrade: None };
+        let req = RunRequest {
+            job: &job,
+            attempt: 1,
+            inputs: BTreeMap::new(),
+            workdir: dir.path().to_path_buf(),
+            downgrade: None,
+        };
         let cancel = CancellationToken::new();
         let c2 = cancel.clone();
         std::thread::spawn(move || {

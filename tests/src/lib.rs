@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::{Event, EventStatus, JobKind};
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -38,7 +40,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -66,12 +72,12 @@ pub async fn s3() -> aws_sdk_s3::Client {
 }
 
 pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
-    client
-        .create_bucket()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("cannot create bucket on the S3 server at {} ({e:?}): run scripts/test.sh, which starts it", s3_endpoint()));
+    client.create_bucket().bucket(bucket).send().await.unwrap_or_else(|e| {
+        panic!(
+            "cannot create bucket on the S3 server at {} ({e:?}): run scripts/test.sh, which starts it",
+            s3_endpoint()
+        )
+    });
 }
 
 pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
@@ -129,7 +135,11 @@ impl Worker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, config).unwrap();
-        let port = config.lines().find_map(|l| l.strip_prefix("listen = \"127.0.0.1:")).and_then(|p| p.trim_end_matches('"').parse().ok()).unwrap_or(0);
+        let port = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .unwrap_or(0);
         let log = dir.path().join("worker.log");
         let child = Command::new(binary("ainern2d-worker"))
             .args(["run", "--config"])
@@ -204,13 +214,39 @@ impl EventTap {
     pub async fn new(channel: &Channel, prefix: &str) -> EventTap {
         let exchange = format!("{prefix}.events");
         channel
-            .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        channel.queue_bind(queue.name().clone(), exchange.as_str().into(), "job.#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.as_str().into(),
+                "job.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         let consumer = channel
-            .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         EventTap { consumer, seen: Vec::new() }
@@ -226,20 +262,25 @@ impl EventTap {
             let next = tokio::time::timeout_at(deadline, self.consumer.next()).await;
             match next {
                 Ok(Some(Ok(d))) => {
-                    let event: Event = serde_json::from_slice(&d.data).unwrap_or_else(|e| panic!("event does not parse ({e}): {}", String::from_utf8_lossy(&d.data)));
+                    let event: Event = serde_json::from_slice(&d.data)
+                        .unwrap_or_else(|e| panic!("event does not parse ({e}): {}", String::from_utf8_lossy(&d.data)));
                     self.seen.push(event.clone());
                     if pred(&event) {
                         return event;
                     }
                 }
                 Ok(other) => panic!("event stream ended: {other:?}"),
-                Err(_) => panic!("no {what} event within {within:?}; saw: {:#?}", self.seen.iter().map(|e| (&e.job_id, e.attempt, e.status)).collect::<Vec<_>>()),
+                Err(_) => panic!(
+                    "no {what} event within {within:?}; saw: {:#?}",
+                    self.seen.iter().map(|e| (&e.job_id, e.attempt, e.status)).collect::<Vec<_>>()
+                ),
             }
         }
     }
 
     pub async fn terminal(&mut self, job_id: &str, within: Duration) -> Event {
-        self.wait_for(within, &format!("terminal event of {job_id}"), |e| e.job_id == job_id && e.status.is_terminal()).await
+        self.wait_for(within, &format!("terminal event of {job_id}"), |e| e.job_id == job_id && e.status.is_terminal())
+            .await
     }
 
     /// Collects whatever arrives during `period`.
@@ -286,14 +327,18 @@ pub async fn confirm_channel(conn: &Connection) -> Channel {
 /// Deletes every queue and exchange a worker declared under `prefix`.
 pub async fn delete_topology(channel: &Channel, prefix: &str, retry_levels: usize) {
     for kind in JobKind::ALL {
-        let _ = channel.queue_delete(format!("{prefix}.jobs.{kind}").as_str().into(), QueueDeleteOptions::default()).await;
+        let _ =
+            channel.queue_delete(format!("{prefix}.jobs.{kind}").as_str().into(), QueueDeleteOptions::default()).await;
         for level in 0..retry_levels {
-            let _ = channel.queue_delete(format!("{prefix}.retry.{kind}.{level}").as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(format!("{prefix}.retry.{kind}.{level}").as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
     }
     let _ = channel.queue_delete(format!("{prefix}.dead").as_str().into(), QueueDeleteOptions::default()).await;
     for ex in ["events", "control", "dlx"] {
-        let _ = channel.exchange_delete(format!("{prefix}.{ex}").as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ =
+            channel.exchange_delete(format!("{prefix}.{ex}").as_str().into(), ExchangeDeleteOptions::default()).await;
     }
 }
 
@@ -352,7 +397,11 @@ impl PrivateBroker {
 
     async fn boot(&mut self) {
         let base = self.dir.path();
-        std::fs::write(base.join("rabbitmq.conf"), format!("listeners.tcp.default = {}\nloopback_users = none\n", self.port)).unwrap();
+        std::fs::write(
+            base.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = {}\nloopback_users = none\n", self.port),
+        )
+        .unwrap();
         std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
         let server = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server"]
             .into_iter()
@@ -370,20 +419,31 @@ impl PrivateBroker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start a private rabbitmq-server ({e}): install rabbitmq-server (scripts/test.sh does)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start a private rabbitmq-server ({e}): install rabbitmq-server (scripts/test.sh does)")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if Connection::connect(&self.url(), ConnectionProperties::default()).await.is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "private RabbitMQ on port {} did not start within 60 s (logs in {})", self.port, base.join("log").display());
+            assert!(
+                Instant::now() < deadline,
+                "private RabbitMQ on port {} did not start within 60 s (logs in {})",
+                self.port,
+                base.join("log").display()
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     pub fn stop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(30);
             while child.try_wait().unwrap().is_none() && Instant::now() < deadline {

@@ -10,7 +10,11 @@ mod sha2_free {
     /// SHA-256 via the system `sha256sum`, so the tests do not re-implement what the worker computes.
     pub fn sha256_hex(bytes: &[u8]) -> String {
         use std::io::Write;
-        let mut child = std::process::Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(bytes).unwrap();
         let out = child.wait_with_output().unwrap();
         String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
@@ -70,11 +74,14 @@ async fn a_job_of_each_kind_ends_as_an_object_and_a_succeeded_event() {
     let b = &s.bucket;
     let inputs = |kind| match kind {
         JobKind::Video => serde_json::json!({"image": format!("s3://{b}/in/still.png")}),
-        JobKind::Lipsync => serde_json::json!({"video": format!("s3://{b}/in/face.mp4"), "audio": format!("s3://{b}/in/line.wav")}),
+        JobKind::Lipsync => {
+            serde_json::json!({"video": format!("s3://{b}/in/face.mp4"), "audio": format!("s3://{b}/in/line.wav")})
+        }
         _ => serde_json::json!({}),
     };
     for kind in JobKind::ALL {
-        publish_job(&s.channel, &s.prefix, kind, &job(kind, &format!("job-{kind}"), small_params(kind), inputs(kind))).await;
+        publish_job(&s.channel, &s.prefix, kind, &job(kind, &format!("job-{kind}"), small_params(kind), inputs(kind)))
+            .await;
     }
     for (kind, name, content_type) in [
         (JobKind::Llm, "completion.json", "application/json"),
@@ -87,20 +94,28 @@ async fn a_job_of_each_kind_ends_as_an_object_and_a_succeeded_event() {
         assert_eq!(event.status, EventStatus::Succeeded, "{kind}: {event:?}\n{}", w.logs());
         assert_eq!(event.outputs.len(), 1);
         let out = &event.outputs[0];
-        assert_eq!((out.name.as_str(), out.key.as_str(), out.content_type.as_str()), (name, format!("out/{id}/{name}").as_str(), content_type));
+        assert_eq!(
+            (out.name.as_str(), out.key.as_str(), out.content_type.as_str()),
+            (name, format!("out/{id}/{name}").as_str(), content_type)
+        );
         // The object is in the bucket, and the presigned URL serves exactly the bytes the checksum names.
         let head = s.s3.head_object().bucket(&s.bucket).key(&out.key).send().await.unwrap();
         assert_eq!(head.content_length(), Some(out.size as i64));
         let url = out.presigned_url.as_ref().expect("presigned URL");
         let bytes = reqwest::get(url).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
         assert_eq!(sha256_hex(&bytes), out.sha256, "{kind}: checksum of the served bytes");
-        assert!(event.timings_ms.contains_key("inference") && event.timings_ms.contains_key("total"), "{:?}", event.timings_ms);
+        assert!(
+            event.timings_ms.contains_key("inference") && event.timings_ms.contains_key("total"),
+            "{:?}",
+            event.timings_ms
+        );
         for status in [EventStatus::Accepted, EventStatus::Running] {
             assert_eq!(tap.count(&id, status), 1, "{kind}: one {status:?} event");
         }
     }
     // The metrics endpoint reports what happened.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", w.http_port)).await.unwrap().text().await.unwrap();
+    let metrics =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", w.http_port)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ainern2d_worker_jobs_total{kind=\"video\",outcome=\"succeeded\"} 1"), "{metrics}");
     w.kill9();
     s.cleanup(3).await;
@@ -111,7 +126,13 @@ async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_fiel
     let s = setup("invalid").await;
     let _w = s.worker("").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    let mut bad = serde_json::from_slice::<serde_json::Value>(&job(JobKind::Video, "bad-width", small_params(JobKind::Video), serde_json::json!({}))).unwrap();
+    let mut bad = serde_json::from_slice::<serde_json::Value>(&job(
+        JobKind::Video,
+        "bad-width",
+        small_params(JobKind::Video),
+        serde_json::json!({}),
+    ))
+    .unwrap();
     bad["params"]["width"] = 65.into();
     publish_job(&s.channel, &s.prefix, JobKind::Video, &serde_json::to_vec(&bad).unwrap()).await;
     publish_job(&s.channel, &s.prefix, JobKind::Video, b"\x00\x01 not json").await;
@@ -123,7 +144,10 @@ async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_fiel
     let event = tap.terminal("bad-width", T).await;
     assert_eq!(event.status, EventStatus::Failed);
     let error = event.error.unwrap();
-    assert_eq!((error.code, error.field.as_deref(), error.retryable), (ErrorCode::InvalidField, Some("params.width"), false));
+    assert_eq!(
+        (error.code, error.field.as_deref(), error.retryable),
+        (ErrorCode::InvalidField, Some("params.width"), false)
+    );
     assert!(error.message.contains("even"), "{}", error.message);
     let event = tap.terminal("future-schema", T).await;
     assert_eq!(event.error.unwrap().code, ErrorCode::UnsupportedSchema);
@@ -137,7 +161,12 @@ async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_fiel
         assert!(Instant::now() < deadline, "dead letters missing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let got = s.channel.basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let got = s
+        .channel
+        .basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     let headers = got.properties.headers().clone().unwrap();
     let reason = match headers.inner().get("x-ainern2d-reason").unwrap() {
         lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
@@ -152,15 +181,28 @@ async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
     let s = setup("retry").await;
     let _w = s.worker("[jobs]\nmax_attempts = 3\nretry_delays_ms = [400, 800]\n[mock]\nfailure_rate = 1.0\nfailure = \"retryable\"\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    publish_job(&s.channel, &s.prefix, JobKind::Llm, &job(JobKind::Llm, "flaky", small_params(JobKind::Llm), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Llm,
+        &job(JobKind::Llm, "flaky", small_params(JobKind::Llm), serde_json::json!({})),
+    )
+    .await;
     let end = tap.terminal("flaky", T).await;
     assert_eq!(end.status, EventStatus::DeadLettered);
     assert_eq!(end.attempt, 3);
     assert_eq!(end.error.as_ref().unwrap().code, ErrorCode::RetriesExhausted);
-    let retrying: Vec<_> = tap.seen.iter().filter(|e| e.job_id == "flaky" && e.status == EventStatus::Retrying).cloned().collect();
+    let retrying: Vec<_> =
+        tap.seen.iter().filter(|e| e.job_id == "flaky" && e.status == EventStatus::Retrying).cloned().collect();
     assert_eq!(retrying.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2]);
     // Backoff: each attempt starts no earlier than its delay after the previous failure.
-    let accepted = |attempt| tap.seen.iter().find(|e| e.job_id == "flaky" && e.status == EventStatus::Accepted && e.attempt == attempt).unwrap().emitted_at;
+    let accepted = |attempt| {
+        tap.seen
+            .iter()
+            .find(|e| e.job_id == "flaky" && e.status == EventStatus::Accepted && e.attempt == attempt)
+            .unwrap()
+            .emitted_at
+    };
     let gap2 = (accepted(2) - retrying[0].emitted_at).num_milliseconds();
     let gap3 = (accepted(3) - retrying[1].emitted_at).num_milliseconds();
     assert!(gap2 >= 350 && gap3 >= 750, "backoff gaps {gap2} ms and {gap3} ms");
@@ -178,7 +220,13 @@ async fn a_job_redelivered_after_its_worker_was_killed_produces_one_object_and_o
     let s = setup("kill").await;
     let mut slow = s.worker("[mock]\nlatency_ms = 4000\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    publish_job(&s.channel, &s.prefix, JobKind::Video, &job(JobKind::Video, "survivor", small_params(JobKind::Video), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Video,
+        &job(JobKind::Video, "survivor", small_params(JobKind::Video), serde_json::json!({})),
+    )
+    .await;
     tap.wait_for(T, "running", |e| e.job_id == "survivor" && e.status == EventStatus::Running).await;
     slow.kill9();
     let _fresh = s.worker("").await;
@@ -199,7 +247,13 @@ async fn a_redelivered_job_whose_outputs_are_stored_is_not_run_again() {
     let s = setup("replay").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let mut first = s.worker("").await;
-    publish_job(&s.channel, &s.prefix, JobKind::Audio, &job(JobKind::Audio, "once", small_params(JobKind::Audio), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Audio,
+        &job(JobKind::Audio, "once", small_params(JobKind::Audio), serde_json::json!({})),
+    )
+    .await;
     let done = tap.terminal("once", T).await;
     first.kill9();
     // Simulate the lost ack by publishing the same job again as a retry (attempt 2 takes the replay path too).
@@ -209,13 +263,20 @@ async fn a_redelivered_job_whose_outputs_are_stored_is_not_run_again() {
         t
     });
     s.channel
-        .basic_publish("".into(), format!("{}.jobs.audio", s.prefix).as_str().into(), Default::default(), &job(JobKind::Audio, "once", small_params(JobKind::Audio), serde_json::json!({})), props)
+        .basic_publish(
+            "".into(),
+            format!("{}.jobs.audio", s.prefix).as_str().into(),
+            Default::default(),
+            &job(JobKind::Audio, "once", small_params(JobKind::Audio), serde_json::json!({})),
+            props,
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     let _second = s.worker("[mock]\nlatency_ms = 3000\n").await;
-    let replay = tap.wait_for(T, "replayed success", |e| e.job_id == "once" && e.attempt == 2 && e.status.is_terminal()).await;
+    let replay =
+        tap.wait_for(T, "replayed success", |e| e.job_id == "once" && e.attempt == 2 && e.status.is_terminal()).await;
     assert_eq!(replay.status, EventStatus::Succeeded);
     assert_eq!(replay.outputs[0].sha256, done.outputs[0].sha256);
     assert_eq!(tap.count("once", EventStatus::Running), 1, "the replay must not run the pipeline again");
@@ -229,7 +290,13 @@ async fn sigterm_during_a_job_loses_nothing() {
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     // Within the grace period: the in-flight job finishes, the worker exits 0.
     let mut w = s.worker("[mock]\nlatency_ms = 1500\n[shutdown]\ngrace_s = 20\n").await;
-    publish_job(&s.channel, &s.prefix, JobKind::Llm, &job(JobKind::Llm, "finishes", small_params(JobKind::Llm), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Llm,
+        &job(JobKind::Llm, "finishes", small_params(JobKind::Llm), serde_json::json!({})),
+    )
+    .await;
     tap.wait_for(T, "running", |e| e.job_id == "finishes" && e.status == EventStatus::Running).await;
     w.signal("TERM");
     assert_eq!(w.wait_exit(T).await, 0, "{}", w.logs());
@@ -237,11 +304,21 @@ async fn sigterm_during_a_job_loses_nothing() {
 
     // Past the grace period: the job goes back to the queue, untouched, and a later worker finishes it.
     let mut w = s.worker("[mock]\nlatency_ms = 30000\n[shutdown]\ngrace_s = 1\n").await;
-    publish_job(&s.channel, &s.prefix, JobKind::Llm, &job(JobKind::Llm, "requeued", small_params(JobKind::Llm), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Llm,
+        &job(JobKind::Llm, "requeued", small_params(JobKind::Llm), serde_json::json!({})),
+    )
+    .await;
     tap.wait_for(T, "running", |e| e.job_id == "requeued" && e.status == EventStatus::Running).await;
     w.signal("TERM");
     assert_eq!(w.wait_exit(T).await, 0, "{}", w.logs());
-    assert_eq!(queue_len(&s.channel, &format!("{}.jobs.llm", s.prefix)).await, 1, "the unfinished job is back in its queue");
+    assert_eq!(
+        queue_len(&s.channel, &format!("{}.jobs.llm", s.prefix)).await,
+        1,
+        "the unfinished job is back in its queue"
+    );
     assert!(tap.seen.iter().all(|e| !(e.job_id == "requeued" && e.status.is_terminal())));
     let _next = s.worker("").await;
     assert_eq!(tap.terminal("requeued", T).await.status, EventStatus::Succeeded);
@@ -256,9 +333,20 @@ async fn hostile_input_urls_are_refused_with_a_clear_error() {
     let port = listener.local_addr().unwrap().port();
     let app = axum::Router::new()
         .route("/still.png", axum::routing::get(move || async move { png.clone() }))
-        .route("/to-metadata", axum::routing::get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data/") }))
-        .route("/to-loopback", axum::routing::get(move || async move { Redirect::temporary(&format!("http://127.0.0.1:{port}/still.png")) }))
-        .route("/to-ipv6-loopback", axum::routing::get(move || async move { Redirect::temporary(&format!("http://[::1]:{port}/still.png")) }));
+        .route(
+            "/to-metadata",
+            axum::routing::get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data/") }),
+        )
+        .route(
+            "/to-loopback",
+            axum::routing::get(
+                move || async move { Redirect::temporary(&format!("http://127.0.0.1:{port}/still.png")) },
+            ),
+        )
+        .route(
+            "/to-ipv6-loopback",
+            axum::routing::get(move || async move { Redirect::temporary(&format!("http://[::1]:{port}/still.png")) }),
+        );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let s = setup("ssrf").await;
@@ -276,7 +364,13 @@ async fn hostile_input_urls_are_refused_with_a_clear_error() {
         ("local-path", "examples/media/still.png".to_string(), Some("only read by")),
     ];
     for (id, url, _) in &cases {
-        publish_job(&s.channel, &s.prefix, JobKind::Video, &job(JobKind::Video, id, small_params(JobKind::Video), serde_json::json!({"image": url}))).await;
+        publish_job(
+            &s.channel,
+            &s.prefix,
+            JobKind::Video,
+            &job(JobKind::Video, id, small_params(JobKind::Video), serde_json::json!({"image": url})),
+        )
+        .await;
     }
     for (id, _, refusal) in &cases {
         let event = tap.terminal(id, T).await;
@@ -305,7 +399,9 @@ async fn a_broker_side_consumer_cancel_is_recovered_from() {
     let url = format!("http://127.0.0.1:{}/metrics", w.http_port);
     loop {
         let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        if metrics.contains("ainern2d_worker_consumer_resubscribes_total 1") || metrics.contains("ainern2d_worker_broker_reconnects_total 1") {
+        if metrics.contains("ainern2d_worker_consumer_resubscribes_total 1")
+            || metrics.contains("ainern2d_worker_broker_reconnects_total 1")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the worker did not react to the cancel:\n{}", w.logs());
@@ -315,13 +411,27 @@ async fn a_broker_side_consumer_cancel_is_recovered_from() {
     let ready = Instant::now() + T;
     loop {
         let declared = s.conn.create_channel().await.unwrap();
-        if declared.queue_declare(format!("{}.jobs.audio", s.prefix).as_str().into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, Default::default()).await.is_ok() {
+        if declared
+            .queue_declare(
+                format!("{}.jobs.audio", s.prefix).as_str().into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .is_ok()
+        {
             break;
         }
         assert!(Instant::now() < ready, "queue was not redeclared:\n{}", w.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    publish_job(&s.channel, &s.prefix, JobKind::Audio, &job(JobKind::Audio, "after-cancel", small_params(JobKind::Audio), serde_json::json!({}))).await;
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Audio,
+        &job(JobKind::Audio, "after-cancel", small_params(JobKind::Audio), serde_json::json!({})),
+    )
+    .await;
     assert_eq!(tap.terminal("after-cancel", T).await.status, EventStatus::Succeeded, "{}", w.logs());
     s.cleanup(3).await;
 }
@@ -341,7 +451,13 @@ async fn the_worker_keeps_consuming_after_the_broker_restarts() {
         let channel = confirm_channel(&conn).await;
         let mut tap = EventTap::new(&channel, &prefix).await;
         let id = format!("round-{round}");
-        publish_job(&channel, &prefix, JobKind::Llm, &job(JobKind::Llm, &id, small_params(JobKind::Llm), serde_json::json!({}))).await;
+        publish_job(
+            &channel,
+            &prefix,
+            JobKind::Llm,
+            &job(JobKind::Llm, &id, small_params(JobKind::Llm), serde_json::json!({})),
+        )
+        .await;
         assert_eq!(tap.terminal(&id, T).await.status, EventStatus::Succeeded, "{}", w.logs());
         let _ = conn.close(200, "restart".into()).await;
         if round == 0 {

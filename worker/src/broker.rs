@@ -1,9 +1,11 @@
 //! RabbitMQ (lapin): connecting, declaring the topology idempotently, publishing with confirms.
 //! Only this module and `runner` know lapin.
 
-use ainern2d_contract::topology::{Topology, MAX_PRIORITY};
 use ainern2d_contract::JobKind;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use ainern2d_contract::topology::{MAX_PRIORITY, Topology};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -34,15 +36,27 @@ fn long(s: &str) -> AMQPValue {
 
 /// Declares exchanges and queues for `kinds`. Safe to run from every process at every start: declarations
 /// with the same arguments are no-ops.
-pub async fn declare_topology(ch: &Channel, topo: &Topology, kinds: &[JobKind], retry_delays_ms: &[u64]) -> Result<(), BrokerError> {
+pub async fn declare_topology(
+    ch: &Channel,
+    topo: &Topology,
+    kinds: &[JobKind],
+    retry_delays_ms: &[u64],
+) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(topo.events_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
     ch.exchange_declare(topo.control_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-    ch.exchange_declare(topo.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    ch.exchange_declare(topo.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
     let queue = QueueDeclareOptions { durable: true, ..Default::default() };
     ch.queue_declare(topo.dead_letter_queue().into(), queue, FieldTable::default()).await?;
-    ch.queue_bind(topo.dead_letter_queue().into(), topo.dead_letter_exchange().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-        .await?;
+    ch.queue_bind(
+        topo.dead_letter_queue().into(),
+        topo.dead_letter_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     for kind in kinds {
         let jobs = topo.job_queue(*kind);
         ch.queue_declare(
@@ -93,8 +107,18 @@ impl Publisher {
     }
 
     /// Publishes and waits for the broker's confirm.
-    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) -> Result<(), BrokerError> {
-        let confirm = self.channel.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await?.await?;
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
+            .await?
+            .await?;
         if confirm.is_nack() {
             return Err(BrokerError::Nacked(format!("{exchange}/{routing_key}")));
         }
@@ -103,8 +127,18 @@ impl Publisher {
 
     /// Publishes without waiting for the confirm (progress-like events whose loss is harmless; ordering on
     /// the channel still holds).
-    pub async fn publish_nowait(&self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties) -> Result<(), BrokerError> {
-        drop(self.channel.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await?);
+    pub async fn publish_nowait(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        drop(
+            self.channel
+                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
+                .await?,
+        );
         Ok(())
     }
 }

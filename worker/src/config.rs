@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use ainern2d_contract::JobKind;
 use ainern2d_pipelines::MockConfig;
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -169,7 +169,11 @@ impl Default for Config {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(), prefix: "ainern2d".into(), reconnect_max_ms: 30_000 }
+        BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "ainern2d".into(),
+            reconnect_max_ms: 30_000,
+        }
     }
 }
 
@@ -270,10 +274,13 @@ impl Config {
 
     fn extract(figment: Figment) -> Result<Config, String> {
         let mut config: Config = figment.extract().map_err(|e| {
-            e.into_iter().map(|e| {
-                let key = e.path.join(".");
-                if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
-            }).collect::<Vec<_>>().join("; ")
+            e.into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
         })?;
         if config.worker_id.is_empty() {
             let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into());
@@ -291,7 +298,9 @@ impl Config {
         if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
             return bad("broker.url", "must start with amqp:// or amqps://");
         }
-        if self.broker.prefix.is_empty() || !self.broker.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if self.broker.prefix.is_empty()
+            || !self.broker.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             return bad("broker.prefix", "must be non-empty [A-Za-z0-9._-]");
         }
         if self.jobs.kinds.is_empty() {
@@ -373,7 +382,10 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let c = Config::from_toml("[broker]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\n[store]\nsecret_access_key = \"s3cr3t\"").unwrap();
+        let c = Config::from_toml(
+            "[broker]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\n[store]\nsecret_access_key = \"s3cr3t\"",
+        )
+        .unwrap();
         let shown = c.to_masked_toml();
         assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
     }

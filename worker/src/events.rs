@@ -1,12 +1,12 @@
 //! Building and publishing one job's events, with a sequence number shared by every task of the job.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use ainern2d_contract::{ErrorInfo, Event, EventStatus, JobKind, OutputObject, Progress};
 
-use crate::broker::{persistent_json, BrokerError, Publisher};
+use crate::broker::{BrokerError, Publisher, persistent_json};
 
 #[derive(Clone)]
 pub struct Emitter {
@@ -22,7 +22,14 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    pub fn new(publisher: Publisher, exchange: String, job_id: &str, kind: Option<JobKind>, attempt: u32, worker_id: &str) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        exchange: String,
+        job_id: &str,
+        kind: Option<JobKind>,
+        attempt: u32,
+        worker_id: &str,
+    ) -> Self {
         Emitter {
             publisher,
             exchange,
@@ -42,7 +49,14 @@ impl Emitter {
     }
 
     pub fn event(&self, status: EventStatus) -> Event {
-        let mut event = Event::new(&self.job_id, self.kind, self.attempt, &self.worker_id, status, self.seq.fetch_add(1, Ordering::Relaxed));
+        let mut event = Event::new(
+            &self.job_id,
+            self.kind,
+            self.attempt,
+            &self.worker_id,
+            status,
+            self.seq.fetch_add(1, Ordering::Relaxed),
+        );
         event.traceparent = self.traceparent.clone();
         event.downgrade = self.downgrade.clone();
         event

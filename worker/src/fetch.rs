@@ -83,7 +83,11 @@ pub struct UrlPolicy {
 impl UrlPolicy {
     pub fn new(cfg: &FetchConfig) -> Self {
         let lower = |v: &Vec<String>| v.iter().map(|h| h.to_ascii_lowercase()).collect();
-        UrlPolicy { allowed_hosts: lower(&cfg.allowed_hosts), trusted_hosts: lower(&cfg.trusted_hosts), allow_http: cfg.allow_http }
+        UrlPolicy {
+            allowed_hosts: lower(&cfg.allowed_hosts),
+            trusted_hosts: lower(&cfg.trusted_hosts),
+            allow_http: cfg.allow_http,
+        }
     }
 
     fn trusted(&self, host: &str) -> bool {
@@ -94,7 +98,11 @@ impl UrlPolicy {
         self.allowed_hosts.is_empty()
             || self.trusted(host)
             || self.allowed_hosts.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+                Some(suffix) => {
+                    host.len() > suffix.len()
+                        && host.ends_with(suffix)
+                        && host[..host.len() - suffix.len()].ends_with('.')
+                }
                 None => h == host,
             })
     }
@@ -147,7 +155,10 @@ impl Resolve for GuardedResolver {
             if !policy.trusted(&host)
                 && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
             {
-                return Err(Box::new(Refusal(format!("host `{host}` resolves to {}, a loopback, private, link-local or reserved address", bad.ip()))) as _);
+                return Err(Box::new(Refusal(format!(
+                    "host `{host}` resolves to {}, a loopback, private, link-local or reserved address",
+                    bad.ip()
+                ))) as _);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -197,7 +208,8 @@ impl Fetcher {
         let refused = |reason: String| FetchError::Refused { name: name.into(), reason };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').ok_or_else(|| refused("expected s3://bucket/key".into()))?;
-            let store = self.store.as_ref().ok_or_else(|| refused("s3:// inputs need an S3 store configured".into()))?;
+            let store =
+                self.store.as_ref().ok_or_else(|| refused("s3:// inputs need an S3 store configured".into()))?;
             return store.get_to_file(bucket, key, dest, self.max_bytes).await.map_err(|e| FetchError::Unavailable {
                 name: name.into(),
                 retryable: e.is_retryable(),
@@ -217,16 +229,32 @@ impl Fetcher {
             return Err(refused(format!("path `{url}` must be relative and stay below {}", base.display())));
         }
         let src = base.join(url);
-        let len = tokio::fs::metadata(&src).await.map_err(|e| FetchError::Unavailable { name: name.into(), reason: format!("{}: {e}", src.display()), retryable: false })?.len();
+        let len = tokio::fs::metadata(&src)
+            .await
+            .map_err(|e| FetchError::Unavailable {
+                name: name.into(),
+                reason: format!("{}: {e}", src.display()),
+                retryable: false,
+            })?
+            .len();
         if len > self.max_bytes {
-            return Err(FetchError::Unavailable { name: name.into(), reason: format!("{len} bytes is above fetch.max_bytes ({})", self.max_bytes), retryable: false });
+            return Err(FetchError::Unavailable {
+                name: name.into(),
+                reason: format!("{len} bytes is above fetch.max_bytes ({})", self.max_bytes),
+                retryable: false,
+            });
         }
-        tokio::fs::copy(&src, dest).await.map_err(|e| FetchError::Unavailable { name: name.into(), reason: e.to_string(), retryable: true })
+        tokio::fs::copy(&src, dest).await.map_err(|e| FetchError::Unavailable {
+            name: name.into(),
+            reason: e.to_string(),
+            retryable: true,
+        })
     }
 
     async fn fetch_http(&self, name: &str, url: &str, dest: &Path) -> Result<u64, FetchError> {
         let refused = |reason: String| FetchError::Refused { name: name.into(), reason };
-        let unavailable = |reason: String, retryable: bool| FetchError::Unavailable { name: name.into(), reason, retryable };
+        let unavailable =
+            |reason: String, retryable: bool| FetchError::Unavailable { name: name.into(), reason, retryable };
         let parsed = reqwest::Url::parse(url).map_err(|e| refused(format!("invalid URL: {e}")))?;
         self.policy.check(&parsed).map_err(refused)?;
         let response = self.http.get(parsed).send().await.map_err(|e| classify(name, &e))?;
@@ -241,7 +269,8 @@ impl Fetcher {
         {
             return Err(unavailable(format!("{len} bytes is above fetch.max_bytes ({})", self.max_bytes), false));
         }
-        let mut file = tokio::fs::File::create(dest).await.map_err(|e| unavailable(format!("{}: {e}", dest.display()), true))?;
+        let mut file =
+            tokio::fs::File::create(dest).await.map_err(|e| unavailable(format!("{}: {e}", dest.display()), true))?;
         let mut stream = response.bytes_stream();
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -266,7 +295,13 @@ fn classify(name: &str, e: &reqwest::Error) -> FetchError {
         }
         source = err.source();
     }
-    let what = if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "request failed" };
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
     let detail = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
     FetchError::Unavailable { name: name.into(), reason: format!("{what}: {detail}"), retryable: true }
 }
@@ -283,7 +318,22 @@ mod tests {
 
     #[test]
     fn address_classes() {
-        for bad in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "224.0.0.1", "255.255.255.255"] {
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad} must be refused");
         }
         for good in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
@@ -293,7 +343,10 @@ mod tests {
 
     #[test]
     fn url_policy() {
-        let policy = UrlPolicy::new(&FetchConfig { allowed_hosts: vec!["*.cdn.example".into(), "media.example".into()], ..FetchConfig::default() });
+        let policy = UrlPolicy::new(&FetchConfig {
+            allowed_hosts: vec!["*.cdn.example".into(), "media.example".into()],
+            ..FetchConfig::default()
+        });
         let check = |u: &str| policy.check(&reqwest::Url::parse(u).unwrap());
         assert!(check("https://a.cdn.example/x").is_ok());
         assert!(check("https://media.example/x").is_ok());

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ainern2d_contract::topology::Topology;
-use ainern2d_contract::{GpuStats, Heartbeat, SlotUsage, HEARTBEAT_SCHEMA};
+use ainern2d_contract::{GpuStats, HEARTBEAT_SCHEMA, Heartbeat, SlotUsage};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{persistent_json, Publisher};
 use crate::Shared;
+use crate::broker::{Publisher, persistent_json};
 
 /// NVML, opened once. `None` when the library or a GPU is absent.
 pub struct Gpus(Option<nvml_wrapper::Nvml>);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics)).with_state(shared)
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
 }
 
 /// Serves until `stop` fires. The caller fires it after the drain, so probes keep answering while the

@@ -6,19 +6,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
-use ainern2d_contract::{parse_job, ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject};
+use ainern2d_contract::{ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, parse_job};
 use ainern2d_pipelines::{Artifact, CancellationToken, PipelineErrorKind, ProgressSink, RunRequest};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use sha2::{Digest, Sha256};
 
-use crate::broker::{header_u32, headers_with, persistent_json, text, BrokerError, Publisher};
+use crate::Shared;
+use crate::broker::{BrokerError, Publisher, header_u32, headers_with, persistent_json, text};
 use crate::events::Emitter;
 use crate::fetch::FetchError;
-use crate::lifecycle::{dispose, Disposition, Interruption, Outcome};
+use crate::lifecycle::{Disposition, Interruption, Outcome, dispose};
 use crate::metrics::Metrics;
-use crate::Shared;
 
 /// Per-connection context of a job.
 #[derive(Clone)]
@@ -45,7 +45,8 @@ enum Stop {
 
 impl From<FetchError> for Stop {
     fn from(e: FetchError) -> Self {
-        let code = if matches!(e, FetchError::Refused { .. }) { ErrorCode::InputRefused } else { ErrorCode::InputUnavailable };
+        let code =
+            if matches!(e, FetchError::Refused { .. }) { ErrorCode::InputRefused } else { ErrorCode::InputUnavailable };
         Stop::Failed(Failure { code, retryable: e.is_retryable(), message: e.to_string(), field: None })
     }
 }
@@ -69,15 +70,24 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
     });
 
     let job = match parse_job(&delivery.data) {
-        Ok(job) if job.kind() != kind => Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind()))),
+        Ok(job) if job.kind() != kind => {
+            Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind())))
+        }
         other => other,
     };
     let job = match job {
         Ok(job) => job,
         Err(err) => return reject_invalid(&shared, &ctx, kind, attempt, &delivery, err).await,
     };
-    let emitter = Emitter::new(ctx.publisher.clone(), shared.topology.events_exchange(), &job.job_id, Some(kind), attempt, &shared.config.worker_id)
-        .with_trace(job.traceparent.clone());
+    let emitter = Emitter::new(
+        ctx.publisher.clone(),
+        shared.topology.events_exchange(),
+        &job.job_id,
+        Some(kind),
+        attempt,
+        &shared.config.worker_id,
+    )
+    .with_trace(job.traceparent.clone());
     let span = tracing::info_span!("job", job_id = %job.job_id, kind = %kind, attempt);
     let _enter = span.enter();
     drop(_enter);
@@ -98,14 +108,26 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
 
 /// Runs the job up to the stored outputs. The inference slot is held only around the pipeline itself, so
 /// the upload of this job overlaps the next job's inference.
-async fn run(shared: &Arc<Shared>, ctx: &SessionCtx, emitter: &Emitter, job: &Job, attempt: u32, received: Instant) -> Result<Done, Stop> {
+async fn run(
+    shared: &Arc<Shared>,
+    ctx: &SessionCtx,
+    emitter: &Emitter,
+    job: &Job,
+    attempt: u32,
+    received: Instant,
+) -> Result<Done, Stop> {
     let kind = job.kind();
     let cancel = ctx.abort.child_token();
     let interrupted = || Stop::Interrupted(ctx.abort_reason.get().copied().unwrap_or(Interruption::Shutdown));
     if let Some(deadline) = job.deadline
         && deadline <= chrono::Utc::now()
     {
-        return Err(Stop::Failed(Failure { code: ErrorCode::DeadlineExceeded, message: format!("deadline {deadline} passed before the job started"), retryable: false, field: None }));
+        return Err(Stop::Failed(Failure {
+            code: ErrorCode::DeadlineExceeded,
+            message: format!("deadline {deadline} passed before the job started"),
+            retryable: false,
+            field: None,
+        }));
     }
     let _ = emitter.lifecycle(EventStatus::Accepted).await;
     let mut timings = BTreeMap::new();
@@ -119,7 +141,14 @@ async fn run(shared: &Arc<Shared>, ctx: &SessionCtx, emitter: &Emitter, job: &Jo
         let workdir = tempfile::Builder::new()
             .prefix(&format!("{}-", job.job_id))
             .tempdir_in(&shared.config.scratch_dir)
-            .map_err(|e| Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("scratch dir: {e}"), retryable: true, field: None }))?;
+            .map_err(|e| {
+                Stop::Failed(Failure {
+                    code: ErrorCode::Internal,
+                    message: format!("scratch dir: {e}"),
+                    retryable: true,
+                    field: None,
+                })
+            })?;
 
         let started = Instant::now();
         let inputs = fetch_inputs(shared, job, workdir.path(), &cancel).await?;
@@ -153,7 +182,12 @@ async fn run(shared: &Arc<Shared>, ctx: &SessionCtx, emitter: &Emitter, job: &Jo
                 Ok(r) => r,
                 Err(_) => {
                     cancel.cancel();
-                    Err(Stop::Failed(Failure { code: ErrorCode::DeadlineExceeded, message: format!("deadline {deadline} passed while the job ran"), retryable: false, field: None }))
+                    Err(Stop::Failed(Failure {
+                        code: ErrorCode::DeadlineExceeded,
+                        message: format!("deadline {deadline} passed while the job ran"),
+                        retryable: false,
+                        field: None,
+                    }))
                 }
             }
         }
@@ -162,7 +196,12 @@ async fn run(shared: &Arc<Shared>, ctx: &SessionCtx, emitter: &Emitter, job: &Jo
     Ok(Done { outputs, timings })
 }
 
-async fn fetch_inputs(shared: &Shared, job: &Job, dir: &Path, cancel: &CancellationToken) -> Result<BTreeMap<String, PathBuf>, Stop> {
+async fn fetch_inputs(
+    shared: &Shared,
+    job: &Job,
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<BTreeMap<String, PathBuf>, Stop> {
     let mut inputs = BTreeMap::new();
     for (name, url) in &job.inputs {
         let dest = dir.join(format!("input-{name}"));
@@ -222,10 +261,22 @@ async fn infer(
         Ok(Ok(artifacts)) => Ok(artifacts),
         Ok(Err(e)) => Err(match e.kind {
             PipelineErrorKind::Cancelled => Stop::Interrupted(Interruption::Shutdown),
-            PipelineErrorKind::OutOfMemory => Stop::Failed(Failure { code: ErrorCode::OutOfMemory, message: e.message, retryable: true, field: None }),
-            kind => Stop::Failed(Failure { code: ErrorCode::PipelineFailed, retryable: kind == PipelineErrorKind::Retryable, message: e.message, field: None }),
+            PipelineErrorKind::OutOfMemory => {
+                Stop::Failed(Failure { code: ErrorCode::OutOfMemory, message: e.message, retryable: true, field: None })
+            }
+            kind => Stop::Failed(Failure {
+                code: ErrorCode::PipelineFailed,
+                retryable: kind == PipelineErrorKind::Retryable,
+                message: e.message,
+                field: None,
+            }),
         }),
-        Err(join) => Err(Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("pipeline thread panicked: {join}"), retryable: true, field: None })),
+        Err(join) => Err(Stop::Failed(Failure {
+            code: ErrorCode::Internal,
+            message: format!("pipeline thread panicked: {join}"),
+            retryable: true,
+            field: None,
+        })),
     }
 }
 
@@ -233,7 +284,12 @@ fn bucket_of<'a>(shared: &'a Shared, job: &'a Job) -> &'a str {
     job.output.bucket.as_deref().unwrap_or(&shared.config.store.bucket)
 }
 
-async fn upload(shared: &Shared, job: &Job, artifacts: &[Artifact], cancel: &CancellationToken) -> Result<Vec<OutputObject>, Stop> {
+async fn upload(
+    shared: &Shared,
+    job: &Job,
+    artifacts: &[Artifact],
+    cancel: &CancellationToken,
+) -> Result<Vec<OutputObject>, Stop> {
     let bucket = bucket_of(shared, job);
     let mut outputs = Vec::with_capacity(artifacts.len());
     for artifact in artifacts {
@@ -247,13 +303,36 @@ async fn upload(shared: &Shared, job: &Job, artifacts: &[Artifact], cancel: &Can
         let (sha256, size) = tokio::task::spawn_blocking(move || sha256_file(&path))
             .await
             .expect("hashing does not panic")
-            .map_err(|e| Stop::Failed(Failure { code: ErrorCode::Internal, message: format!("hashing {}: {e}", artifact.path.display()), retryable: true, field: None }))?;
+            .map_err(|e| {
+                Stop::Failed(Failure {
+                    code: ErrorCode::Internal,
+                    message: format!("hashing {}: {e}", artifact.path.display()),
+                    retryable: true,
+                    field: None,
+                })
+            })?;
         let key = job.output_key(&artifact.name);
-        let failed = |e: crate::store::StoreError| Stop::Failed(Failure { code: ErrorCode::UploadFailed, retryable: e.is_retryable(), message: e.to_string(), field: None });
+        let failed = |e: crate::store::StoreError| {
+            Stop::Failed(Failure {
+                code: ErrorCode::UploadFailed,
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+                field: None,
+            })
+        };
         shared.store.put(bucket, &key, &artifact.path, &artifact.content_type, &sha256).await.map_err(failed)?;
         shared.metrics.upload_bytes.get_or_create(&Metrics::kind(job.kind().as_str())).inc_by(size);
-        let presigned_url = shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
-        outputs.push(OutputObject { name: artifact.name.clone(), bucket: bucket.to_string(), key, size, sha256, content_type: artifact.content_type.clone(), presigned_url });
+        let presigned_url =
+            shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
+        outputs.push(OutputObject {
+            name: artifact.name.clone(),
+            bucket: bucket.to_string(),
+            key,
+            size,
+            sha256,
+            content_type: artifact.content_type.clone(),
+            presigned_url,
+        });
     }
     Ok(outputs)
 }
@@ -272,7 +351,8 @@ async fn existing_outputs(shared: &Shared, job: &Job) -> Option<Vec<OutputObject
     for name in shared.pipelines[&job.kind()].output_names(job) {
         let key = job.output_key(&name);
         let object = shared.store.head(bucket, &key).await.ok()??;
-        let presigned_url = shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
+        let presigned_url =
+            shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
         outputs.push(OutputObject {
             name,
             bucket: bucket.to_string(),
@@ -288,14 +368,23 @@ async fn existing_outputs(shared: &Shared, job: &Job) -> Option<Vec<OutputObject
 
 /// Performs the disposition of a finished (or stopped) job in the order that loses nothing: the copy
 /// (retry / dead letter) is confirmed, then the event, then the delivery is acked.
-async fn finish(shared: &Shared, ctx: &SessionCtx, emitter: &Emitter, job: &Job, attempt: u32, delivery: &Delivery, result: Result<Done, Stop>) {
+async fn finish(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    emitter: &Emitter,
+    job: &Job,
+    attempt: u32,
+    delivery: &Delivery,
+    result: Result<Done, Stop>,
+) {
     let kind = job.kind();
     let (outcome, failure, done) = match result {
         Ok(done) => (Outcome::Succeeded, None, Some(done)),
         Err(Stop::Interrupted(why)) => (Outcome::Interrupted(why), None, None),
         Err(Stop::Failed(f)) => (Outcome::Failed { code: f.code, retryable: f.retryable }, Some(f), None),
     };
-    let disposition = dispose(&outcome, attempt, shared.config.jobs.max_attempts, shared.config.jobs.retry_delays_ms.len());
+    let disposition =
+        dispose(&outcome, attempt, shared.config.jobs.max_attempts, shared.config.jobs.retry_delays_ms.len());
     let outcome_label = match &disposition {
         Disposition::Finish { status } => status.as_str(),
         Disposition::Retry { .. } => "retried",
@@ -315,20 +404,32 @@ async fn finish(shared: &Shared, ctx: &SessionCtx, emitter: &Emitter, job: &Job,
             }
             Disposition::Retry { next_attempt, level } => {
                 let f = failure.expect("a retry follows a failure");
-                let headers = headers_with(&delivery.properties, &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next_attempt.into()))]);
+                let headers = headers_with(
+                    &delivery.properties,
+                    &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next_attempt.into()))],
+                );
                 let mut props = persistent_json().with_headers(headers);
                 if let Some(p) = delivery.properties.priority() {
                     props = props.with_priority(*p);
                 }
                 ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &delivery.data, props).await?;
                 shared.metrics.retries.get_or_create(&Metrics::kind(kind.as_str())).inc();
-                let error = ErrorInfo { code: f.code, message: format!("{} (attempt {attempt}, retrying as attempt {next_attempt})", f.message), retryable: true, field: f.field };
+                let error = ErrorInfo {
+                    code: f.code,
+                    message: format!("{} (attempt {attempt}, retrying as attempt {next_attempt})", f.message),
+                    retryable: true,
+                    field: f.field,
+                };
                 emitter.outcome(EventStatus::Retrying, Vec::new(), Some(error), BTreeMap::new()).await?;
                 ack(delivery).await
             }
             Disposition::DeadLetter { status, code } => {
                 let f = failure.expect("a dead letter follows a failure");
-                let message = if code == ErrorCode::RetriesExhausted { format!("gave up after {attempt} attempts: {}", f.message) } else { f.message };
+                let message = if code == ErrorCode::RetriesExhausted {
+                    format!("gave up after {attempt} attempts: {}", f.message)
+                } else {
+                    f.message
+                };
                 dead_letter(shared, ctx, delivery, attempt, code, &message).await?;
                 let error = ErrorInfo { code, message, retryable: false, field: f.field };
                 emitter.outcome(status, Vec::new(), Some(error), BTreeMap::new()).await?;
@@ -345,7 +446,9 @@ async fn finish(shared: &Shared, ctx: &SessionCtx, emitter: &Emitter, job: &Job,
     match result {
         Ok(()) => shared.metrics.outcome(kind.as_str(), outcome_label),
         // The delivery stays unacked: the broker redelivers it, and the redelivery finds the stored outputs.
-        Err(e) => tracing::warn!(job_id = %job.job_id, "could not report the outcome ({e}); the broker will redeliver the job"),
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, "could not report the outcome ({e}); the broker will redeliver the job")
+        }
     }
 }
 
@@ -354,7 +457,14 @@ async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
     Ok(())
 }
 
-async fn dead_letter(shared: &Shared, ctx: &SessionCtx, delivery: &Delivery, attempt: u32, code: ErrorCode, reason: &str) -> Result<(), BrokerError> {
+async fn dead_letter(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    delivery: &Delivery,
+    attempt: u32,
+    code: ErrorCode,
+    reason: &str,
+) -> Result<(), BrokerError> {
     let headers = headers_with(
         &delivery.properties,
         &[
@@ -363,20 +473,38 @@ async fn dead_letter(shared: &Shared, ctx: &SessionCtx, delivery: &Delivery, att
             (ATTEMPT_HEADER, AMQPValue::LongLongInt(attempt.into())),
         ],
     );
-    ctx.publisher.publish(&shared.topology.dead_letter_exchange(), "", &delivery.data, persistent_json().with_headers(headers)).await
+    ctx.publisher
+        .publish(&shared.topology.dead_letter_exchange(), "", &delivery.data, persistent_json().with_headers(headers))
+        .await
 }
 
 /// A message that is not a valid job: dead-lettered at once with a `failed` event naming the problem.
-async fn reject_invalid(shared: &Shared, ctx: &SessionCtx, kind: JobKind, attempt: u32, delivery: &Delivery, err: ContractError) {
+async fn reject_invalid(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    kind: JobKind,
+    attempt: u32,
+    delivery: &Delivery,
+    err: ContractError,
+) {
     // Use the job id when it is readable and safe; otherwise a stable id derived from the body, so a
     // redelivery of the same bad message reports under the same id.
     let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
         .ok()
         .and_then(|v| v.get("job_id").and_then(|j| j.as_str()).map(str::to_owned))
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
         .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(&delivery.data))[..16]));
     tracing::warn!(%job_id, %kind, "invalid job message dead-lettered: {err}");
-    let emitter = Emitter::new(ctx.publisher.clone(), shared.topology.events_exchange(), &job_id, Some(kind), attempt, &shared.config.worker_id);
+    let emitter = Emitter::new(
+        ctx.publisher.clone(),
+        shared.topology.events_exchange(),
+        &job_id,
+        Some(kind),
+        attempt,
+        &shared.config.worker_id,
+    );
     let result: Result<(), BrokerError> = async {
         dead_letter(shared, ctx, delivery, attempt, err.code, &err.to_string()).await?;
         let error = ErrorInfo { code: err.code, message: err.to_string(), retryable: false, field: err.field.clone() };

@@ -18,8 +18,8 @@ pub mod s3;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use ainern2d_contract::topology::Topology;
@@ -50,8 +50,14 @@ pub struct Shared {
     pub(crate) stopping: AtomicBool,
 }
 
-const STATES: [WorkerState; 6] =
-    [WorkerState::Starting, WorkerState::Ready, WorkerState::Cordoned, WorkerState::Draining, WorkerState::Drained, WorkerState::Stopping];
+const STATES: [WorkerState; 6] = [
+    WorkerState::Starting,
+    WorkerState::Ready,
+    WorkerState::Cordoned,
+    WorkerState::Draining,
+    WorkerState::Drained,
+    WorkerState::Stopping,
+];
 
 impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
@@ -66,7 +72,8 @@ impl Shared {
             .iter()
             .map(|k| (*k, Arc::new(MockPipeline::new(*k, config.mock.clone())) as Arc<dyn Pipeline>))
             .collect();
-        let slots = config.jobs.kinds.iter().map(|k| (*k, Arc::new(Semaphore::new(config.slots(*k) as usize)))).collect();
+        let slots =
+            config.jobs.kinds.iter().map(|k| (*k, Arc::new(Semaphore::new(config.slots(*k) as usize)))).collect();
         std::fs::create_dir_all(&config.scratch_dir)
             .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
         Ok(Arc::new(Shared {
@@ -132,11 +139,7 @@ async fn watch_store(shared: Arc<Shared>, shutdown: CancellationToken) {
     let bucket = shared.config.store.bucket.clone();
     let mut ensured = !shared.config.store.create_bucket;
     loop {
-        let ok = if ensured {
-            shared.store.check(&bucket).await
-        } else {
-            shared.store.ensure_bucket(&bucket).await
-        };
+        let ok = if ensured { shared.store.check(&bucket).await } else { shared.store.ensure_bucket(&bucket).await };
         match ok {
             Ok(()) => ensured = true,
             Err(ref e) => tracing::warn!("artifact store not ready: {e}"),

@@ -44,12 +44,17 @@ pub fn dispose(outcome: &Outcome, attempt: u32, max_attempts: u32, retry_levels:
         Outcome::Interrupted(Interruption::ConnectionLost) => Disposition::Abandon,
         Outcome::Failed { code, retryable: true } if attempt < max_attempts => {
             let _ = code;
-            Disposition::Retry { next_attempt: attempt + 1, level: ainern2d_contract::topology::retry_level(attempt, retry_levels) }
+            Disposition::Retry {
+                next_attempt: attempt + 1,
+                level: ainern2d_contract::topology::retry_level(attempt, retry_levels),
+            }
         }
         Outcome::Failed { retryable: true, .. } => {
             Disposition::DeadLetter { status: EventStatus::DeadLettered, code: ErrorCode::RetriesExhausted }
         }
-        Outcome::Failed { code, retryable: false } => Disposition::DeadLetter { status: EventStatus::Failed, code: *code },
+        Outcome::Failed { code, retryable: false } => {
+            Disposition::DeadLetter { status: EventStatus::Failed, code: *code }
+        }
     }
 }
 
@@ -65,7 +70,11 @@ mod tests {
             (Outcome::Succeeded, 3, Disposition::Finish { status: EventStatus::Succeeded }),
             (fail(true), 1, Disposition::Retry { next_attempt: 2, level: 0 }),
             (fail(true), 2, Disposition::Retry { next_attempt: 3, level: 1 }),
-            (fail(true), 3, Disposition::DeadLetter { status: EventStatus::DeadLettered, code: ErrorCode::RetriesExhausted }),
+            (
+                fail(true),
+                3,
+                Disposition::DeadLetter { status: EventStatus::DeadLettered, code: ErrorCode::RetriesExhausted },
+            ),
             (fail(false), 1, Disposition::DeadLetter { status: EventStatus::Failed, code: ErrorCode::PipelineFailed }),
             (Outcome::Interrupted(Interruption::Shutdown), 1, Disposition::Requeue),
             (Outcome::Interrupted(Interruption::ConnectionLost), 2, Disposition::Abandon),

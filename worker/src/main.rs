@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ainern2d-worker", version, about = "GPU job worker: RabbitMQ jobs -> pipelines -> S3 outputs -> events")]
+#[command(
+    name = "ainern2d-worker",
+    version,
+    about = "GPU job worker: RabbitMQ jobs -> pipelines -> S3 outputs -> events"
+)]
 struct Cli {
     /// TOML config file (environment variables AINERN2D_WORKER_<SECTION>__<KEY> override it).
     #[arg(long, global = true, env = "AINERN2D_WORKER_CONFIG")]
@@ -34,7 +38,8 @@ enum Command {
 
 fn init_logs(config: &Config) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
     let json = match config.log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -49,7 +54,7 @@ fn init_logs(config: &Config) {
 }
 
 async fn shutdown_signal(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -60,7 +65,8 @@ async fn shutdown_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;
+    let config =
+        Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;
     if cli.print_config {
         print!("{}", config.to_masked_toml());
         return Ok(());

@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,8 +42,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ainern2d_worker");
         let jobs = Family::<OutcomeLabels, Counter>::default();
         // 1 ms .. ~9 h: covers a no-op job and a long video render.
-        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.5, 18)));
-        let overhead_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
+        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.5, 18))
+        });
+        let overhead_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
         let in_flight = Family::<KindLabel, Gauge>::default();
         let retries = Family::<KindLabel, Counter>::default();
         let upload_bytes = Family::<KindLabel, Counter>::default();
@@ -51,15 +55,38 @@ impl Metrics {
         let reconnects = Counter::default();
         let consumer_resubscribes = Counter::default();
         registry.register("jobs", "Jobs finished, by kind and outcome", jobs.clone());
-        registry.register("stage_duration_seconds", "Time per job stage (queue, fetch, inference, upload, total)", stage_seconds.clone());
-        registry.register("overhead_seconds", "Runtime time per job outside fetch, inference and upload", overhead_seconds.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Time per job stage (queue, fetch, inference, upload, total)",
+            stage_seconds.clone(),
+        );
+        registry.register(
+            "overhead_seconds",
+            "Runtime time per job outside fetch, inference and upload",
+            overhead_seconds.clone(),
+        );
         registry.register("jobs_in_flight", "Deliveries being handled", in_flight.clone());
         registry.register("retries", "Jobs sent to a retry queue", retries.clone());
         registry.register("upload_bytes", "Bytes uploaded to the artifact store", upload_bytes.clone());
         registry.register("broker_connected", "1 while the broker connection is up", broker_connected.clone());
         registry.register("broker_reconnects", "Broker connections re-established", reconnects.clone());
-        registry.register("consumer_resubscribes", "Consumers re-subscribed after a broker-side cancel", consumer_resubscribes.clone());
-        Metrics { registry, jobs, stage_seconds, overhead_seconds, in_flight, retries, upload_bytes, broker_connected, reconnects, consumer_resubscribes }
+        registry.register(
+            "consumer_resubscribes",
+            "Consumers re-subscribed after a broker-side cancel",
+            consumer_resubscribes.clone(),
+        );
+        Metrics {
+            registry,
+            jobs,
+            stage_seconds,
+            overhead_seconds,
+            in_flight,
+            retries,
+            upload_bytes,
+            broker_connected,
+            reconnects,
+            consumer_resubscribes,
+        }
     }
 
     pub fn kind(kind: &str) -> KindLabel {

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::{JobKind, WorkerState};
 use futures_util::StreamExt;
+use lapin::Connection;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{self, Publisher};
-use crate::job::{handle, SessionCtx};
-use crate::lifecycle::Interruption;
 use crate::Shared;
+use crate::broker::{self, Publisher};
+use crate::job::{SessionCtx, handle};
+use crate::lifecycle::Interruption;
 
 enum SessionEnd {
     Shutdown,
@@ -73,7 +73,13 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
     let conn = Arc::new(conn);
     let setup = async {
         let publisher = Publisher::new(&conn).await?;
-        broker::declare_topology(publisher.channel(), &shared.topology, &shared.config.jobs.kinds, &shared.config.jobs.retry_delays_ms).await?;
+        broker::declare_topology(
+            publisher.channel(),
+            &shared.topology,
+            &shared.config.jobs.kinds,
+            &shared.config.jobs.retry_delays_ms,
+        )
+        .await?;
         Ok::<_, broker::BrokerError>(publisher)
     };
     let publisher = match setup.await {
@@ -83,7 +89,11 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
     let lost = CancellationToken::new();
     let lost_reason: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let stop_consuming = CancellationToken::new();
-    let ctx = SessionCtx { publisher: publisher.clone(), abort: CancellationToken::new(), abort_reason: Arc::new(OnceLock::new()) };
+    let ctx = SessionCtx {
+        publisher: publisher.clone(),
+        abort: CancellationToken::new(),
+        abort_reason: Arc::new(OnceLock::new()),
+    };
     let jobs = TaskTracker::new();
     let consumers = TaskTracker::new();
 
@@ -101,7 +111,16 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
         });
     }
     for kind in shared.config.jobs.kinds.clone() {
-        consumers.spawn(consume(shared.clone(), conn.clone(), kind, ctx.clone(), jobs.clone(), stop_consuming.clone(), lost.clone(), lost_reason.clone()));
+        consumers.spawn(consume(
+            shared.clone(),
+            conn.clone(),
+            kind,
+            ctx.clone(),
+            jobs.clone(),
+            stop_consuming.clone(),
+            lost.clone(),
+            lost_reason.clone(),
+        ));
     }
     shared.broker_up(true);
     if shared.state() == WorkerState::Starting {
@@ -175,7 +194,15 @@ async fn consume(
     loop {
         let tag = format!("{}.{kind}.{generation}", shared.config.worker_id);
         generation += 1;
-        let mut consumer = match channel.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await {
+        let mut consumer = match channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
             Ok(c) => c,
             Err(e) => return fail(format!("subscribing to {queue}: {e}")),
         };

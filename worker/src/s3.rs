@@ -4,12 +4,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use aws_sdk_s3::Client;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::StoreConfig;
@@ -30,7 +32,13 @@ impl S3Store {
         let mut builder = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(cfg.region.clone()))
-            .credentials_provider(Credentials::new(&cfg.access_key_id, &cfg.secret_access_key, None, None, "ainern2d-config"))
+            .credentials_provider(Credentials::new(
+                &cfg.access_key_id,
+                &cfg.secret_access_key,
+                None,
+                None,
+                "ainern2d-config",
+            ))
             .force_path_style(cfg.force_path_style)
             // Third-party S3 servers (MinIO releases, s3s) differ in their support of the newer default
             // checksums; send and verify them only where the API requires it. Integrity is covered by the
@@ -46,14 +54,26 @@ impl S3Store {
         if !cfg.endpoint.is_empty() {
             builder = builder.endpoint_url(&cfg.endpoint);
         }
-        S3Store { client: Client::from_conf(builder.build()), multipart_threshold: cfg.multipart_threshold_bytes, part_size: cfg.part_size_bytes }
+        S3Store {
+            client: Client::from_conf(builder.build()),
+            multipart_threshold: cfg.multipart_threshold_bytes,
+            part_size: cfg.part_size_bytes,
+        }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
     }
 
-    async fn put_multipart(&self, bucket: &str, key: &str, file: &Path, size: u64, content_type: &str, sha256: &str) -> Result<(), StoreError> {
+    async fn put_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        size: u64,
+        content_type: &str,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -64,7 +84,8 @@ impl S3Store {
             .send()
             .await
             .map_err(sdk("create multipart upload", bucket, key))?;
-        let upload_id = created.upload_id().ok_or_else(|| StoreError::Unavailable("S3 returned no upload id".into()))?.to_string();
+        let upload_id =
+            created.upload_id().ok_or_else(|| StoreError::Unavailable("S3 returned no upload id".into()))?.to_string();
         let result = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
@@ -89,7 +110,9 @@ impl S3Store {
                     .send()
                     .await
                     .map_err(sdk("upload part", bucket, key))?;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_owned)).build());
+                parts.push(
+                    CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_owned)).build(),
+                );
                 offset += len;
                 number += 1;
             }
@@ -128,7 +151,9 @@ fn sdk<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
             other => format!("{other:?}").chars().take(300).collect(),
         };
         let retryable = match &e {
-            SdkError::ServiceError(s) => !matches!(s.err().code(), Some("NoSuchBucket" | "AccessDenied" | "InvalidBucketName" | "NoSuchKey")),
+            SdkError::ServiceError(s) => {
+                !matches!(s.err().code(), Some("NoSuchBucket" | "AccessDenied" | "InvalidBucketName" | "NoSuchKey"))
+            }
             _ => true,
         };
         let message = format!("S3 {what} of s3://{bucket}/{key} failed: {detail}");
@@ -138,12 +163,24 @@ fn sdk<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
 
 #[async_trait]
 impl ArtifactStore for S3Store {
-    async fn put(&self, bucket: &str, key: &str, file: &Path, content_type: &str, sha256: &str) -> Result<(), StoreError> {
-        let size = tokio::fs::metadata(file).await.map_err(|e| StoreError::Unavailable(format!("{}: {e}", file.display())))?.len();
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        content_type: &str,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", file.display())))?
+            .len();
         if size >= self.multipart_threshold {
             return self.put_multipart(bucket, key, file, size, content_type, sha256).await;
         }
-        let body = ByteStream::from_path(file).await.map_err(|e| StoreError::Unavailable(format!("reading {}: {e}", file.display())))?;
+        let body = ByteStream::from_path(file)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading {}: {e}", file.display())))?;
         self.client
             .put_object()
             .bucket(bucket)
@@ -171,8 +208,16 @@ impl ArtifactStore for S3Store {
     }
 
     async fn presign_get(&self, bucket: &str, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Rejected(format!("presign ttl: {e}")))?;
-        let req = self.client.get_object().bucket(bucket).key(key).presigned(config).await.map_err(sdk("presign", bucket, key))?;
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Rejected(format!("presign ttl: {e}")))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(sdk("presign", bucket, key))?;
         Ok(req.uri().to_string())
     }
 
@@ -189,10 +234,14 @@ impl ArtifactStore for S3Store {
         if declared > max_bytes {
             return Err(too_large(declared));
         }
-        let mut file = tokio::fs::File::create(dest).await.map_err(|e| StoreError::Unavailable(format!("{}: {e}", dest.display())))?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dest.display())))?;
         let mut body = out.body;
         let mut written = 0u64;
-        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Unavailable(format!("reading s3://{bucket}/{key}: {e}")))? {
+        while let Some(chunk) =
+            body.try_next().await.map_err(|e| StoreError::Unavailable(format!("reading s3://{bucket}/{key}: {e}")))?
+        {
             written += chunk.len() as u64;
             if written > max_bytes {
                 return Err(too_large(written));
@@ -209,7 +258,11 @@ impl ArtifactStore for S3Store {
         }
         match self.client.create_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if matches!(e.err().code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err().code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(sdk("create bucket", bucket, "")(e)),
         }
     }

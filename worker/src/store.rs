@@ -37,7 +37,14 @@ impl StoreError {
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
     /// Stores the file at `bucket/key`, atomically (readers see all of it or nothing).
-    async fn put(&self, bucket: &str, key: &str, file: &Path, content_type: &str, sha256: &str) -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        content_type: &str,
+        sha256: &str,
+    ) -> Result<(), StoreError>;
     /// The object's metadata, `None` when it does not exist.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError>;
     /// A time-limited URL to read the object.
@@ -63,7 +70,10 @@ impl LocalStore {
 
     fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
         // Keys come from validated jobs, but the store is a boundary: never let a key leave the root.
-        let safe = |s: &str| !s.is_empty() && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".meta"));
+        let safe = |s: &str| {
+            !s.is_empty()
+                && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".meta"))
+        };
         if !safe(bucket) || bucket.contains('/') || !safe(key) {
             return Err(StoreError::Rejected(format!("refusing unsafe object path {bucket}/{key}")));
         }
@@ -81,7 +91,14 @@ fn io(e: std::io::Error) -> StoreError {
 
 #[async_trait]
 impl ArtifactStore for LocalStore {
-    async fn put(&self, bucket: &str, key: &str, file: &Path, content_type: &str, sha256: &str) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        content_type: &str,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
         let dest = self.path(bucket, key)?;
         let meta = self.meta_path(bucket, key);
         for dir in [dest.parent(), meta.parent()].into_iter().flatten() {
