@@ -239,10 +239,12 @@ async fn infer(
     let forwarder = {
         let emitter = emitter.clone();
         tokio::spawn(async move {
-            let mut last: Option<Instant> = None;
+            // The first progress event goes out one interval after the start: a job shorter than that
+            // reports only its outcome, which keeps short jobs cheap for the broker.
+            let mut last = Instant::now();
             while let Some((fraction, stage, message)) = rx.recv().await {
-                if last.is_none_or(|t| t.elapsed() >= interval) {
-                    last = Some(Instant::now());
+                if last.elapsed() >= interval {
+                    last = Instant::now();
                     let _ = emitter.progress(fraction, &stage, message).await;
                 }
             }
