@@ -12,6 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::broker::{BrokerError, Publisher, header_u32, headers_with, persistent_json, text};
@@ -88,10 +89,6 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         &shared.config.worker_id,
     )
     .with_trace(job.traceparent.clone());
-    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %kind, attempt);
-    let _enter = span.enter();
-    drop(_enter);
-
     // A redelivered (or retried) job may already have run to completion: re-announce that outcome (same
     // event id) rather than producing a second object or a conflicting event.
     if (delivery.redelivered || attempt > 1)
@@ -102,8 +99,13 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         return finish(&shared, &ctx, &emitter, &job, attempt, &delivery, Ok(Done { outputs, timings })).await;
     }
 
-    let result = run(&shared, &ctx, &emitter, &job, attempt, received).await;
-    finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result).await;
+    let span = tracing::info_span!("job", job_id = %job.job_id, %kind, attempt);
+    async {
+        let result = run(&shared, &ctx, &emitter, &job, attempt, received).await;
+        finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 /// Runs the job up to the stored outputs. The inference slot is held only around the pipeline itself, so

@@ -1,0 +1,94 @@
+//! One conformance suite for every implementation of the artifact store boundary: S3 (against the real S3
+//! server of the test environment) and the local directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ainern2d_tests::*;
+use ainern2d_worker::config::StoreConfig;
+use ainern2d_worker::job::sha256_file;
+use ainern2d_worker::s3::S3Store;
+use ainern2d_worker::store::{ArtifactStore, LocalStore, StoreError};
+
+async fn read_url(url: &str) -> Vec<u8> {
+    match url.strip_prefix("file://") {
+        Some(path) => std::fs::read(path).unwrap(),
+        None => reqwest::get(url).await.unwrap().error_for_status().unwrap().bytes().await.unwrap().to_vec(),
+    }
+}
+
+async fn conformance(store: Arc<dyn ArtifactStore>, bucket: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    store.ensure_bucket(bucket).await.unwrap();
+    store.ensure_bucket(bucket).await.unwrap(); // idempotent
+    store.check(bucket).await.unwrap();
+
+    // Small object: put, head with checksum, presigned read, download.
+    let small = dir.path().join("small.json");
+    std::fs::write(&small, br#"{"hello":"world"}"#).unwrap();
+    let (sha, size) = sha256_file(&small).unwrap();
+    assert_eq!(store.head(bucket, "p/j/small.json").await.unwrap(), None);
+    store.put(bucket, "p/j/small.json", &small, "application/json", &sha).await.unwrap();
+    let head = store.head(bucket, "p/j/small.json").await.unwrap().expect("stored");
+    assert_eq!((head.size, head.sha256.as_deref()), (size, Some(sha.as_str())));
+    assert_eq!(head.content_type.as_deref(), Some("application/json"));
+    let url = store.presign_get(bucket, "p/j/small.json", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(read_url(&url).await, std::fs::read(&small).unwrap());
+
+    // Overwriting the same key keeps one object (deterministic keys make redelivery idempotent).
+    store.put(bucket, "p/j/small.json", &small, "application/json", &sha).await.unwrap();
+
+    // Large object: above the multipart threshold (5 MiB parts), byte-exact round trip.
+    let large = dir.path().join("large.bin");
+    let bytes: Vec<u8> = (0..11 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&large, &bytes).unwrap();
+    let (large_sha, large_size) = sha256_file(&large).unwrap();
+    store.put(bucket, "p/j/large.bin", &large, "application/octet-stream", &large_sha).await.unwrap();
+    let head = store.head(bucket, "p/j/large.bin").await.unwrap().expect("stored");
+    assert_eq!((head.size, head.sha256.as_deref()), (large_size, Some(large_sha.as_str())));
+    let back = dir.path().join("back.bin");
+    assert_eq!(store.get_to_file(bucket, "p/j/large.bin", &back, u64::MAX).await.unwrap(), large_size);
+    assert_eq!(sha256_file(&back).unwrap().0, large_sha);
+
+    // Limits and absence are distinct, non-retryable errors.
+    let err = store.get_to_file(bucket, "p/j/large.bin", &back, 1024).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }) && !err.is_retryable(), "{err}");
+    let err = store.get_to_file(bucket, "p/j/missing", &back, u64::MAX).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }) && !err.is_retryable(), "{err}");
+}
+
+#[tokio::test]
+async fn s3_store_conformance() {
+    let bucket = unique("store").to_lowercase();
+    let config = StoreConfig {
+        endpoint: s3_endpoint(),
+        access_key_id: S3_KEY.into(),
+        secret_access_key: S3_KEY.into(),
+        multipart_threshold_bytes: 5 * 1024 * 1024,
+        part_size_bytes: 5 * 1024 * 1024,
+        ..StoreConfig::default()
+    };
+    conformance(Arc::new(S3Store::new(&config)), &bucket).await;
+    // Multipart really happened: the ETag of a multipart object has a part count suffix.
+    let client = s3().await;
+    let head = client.head_object().bucket(&bucket).key("p/j/large.bin").send().await.unwrap();
+    assert!(head.e_tag().unwrap_or_default().contains("-3"), "etag {:?}", head.e_tag());
+    delete_bucket(&client, &bucket).await;
+}
+
+#[tokio::test]
+async fn local_store_conformance() {
+    let root = tempfile::tempdir().unwrap();
+    conformance(Arc::new(LocalStore::new(root.path())), "outputs").await;
+}
+
+#[tokio::test]
+async fn local_store_refuses_paths_that_leave_its_root() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(root.path());
+    let file = root.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    for (bucket, key) in [("b", "../escape"), ("..", "k"), ("b", "a//b"), ("b/c", "k"), ("b", ".meta/x")] {
+        assert!(store.put(bucket, key, &file, "text/plain", "0").await.is_err(), "{bucket}/{key}");
+    }
+}
