@@ -28,6 +28,9 @@ struct Args {
     jobs: usize,
     #[arg(long, default_value_t = 100)]
     prefetch: u16,
+    /// Interleaved rounds of (bare loop, worker no-op, worker mock); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// The worker binary; defaults to the one next to this benchmark.
     #[arg(long)]
     worker: Option<PathBuf>,
@@ -158,7 +161,12 @@ fn histogram_median(metrics: &str, name: &str) -> Option<f64> {
     None
 }
 
-async fn worker_run(conn: &Connection, args: &Args, prefix: &str) -> anyhow::Result<(Duration, Option<f64>)> {
+async fn worker_run(
+    conn: &Connection,
+    args: &Args,
+    prefix: &str,
+    backend: &str,
+) -> anyhow::Result<(Duration, Option<f64>)> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let topo = Topology::new(prefix);
@@ -176,10 +184,15 @@ async fn worker_run(conn: &Connection, args: &Args, prefix: &str) -> anyhow::Res
     .await?;
     fill(&ch, &topo.job_queue(JobKind::Llm), args.jobs).await?;
 
-    let dir = tempfile::tempdir()?;
+    // Scratch and output directories on tmpfs when there is one: this measures the runtime, not the disk
+    // (on the reference machine a mkdir+write+link+rename sequence costs ~3 ms in /tmp, 0.07 ms on tmpfs).
+    let dir = match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm")?,
+        false => tempfile::tempdir()?,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = format!(
-        "worker_id = \"bench\"\nscratch_dir = \"{scratch}\"\n[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n[jobs]\nkinds = [\"llm\"]\nupload_overlap = 0\nretry_delays_ms = [1000]\n[jobs.slots]\nllm = {slots}\n[store]\nkind = \"local\"\nbucket = \"bench\"\nlocal_dir = \"{out}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n",
+        "worker_id = \"bench\"\nscratch_dir = \"{scratch}\"\n[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n[jobs]\nkinds = [\"llm\"]\nbackend = \"{backend}\"\nupload_overlap = 0\nretry_delays_ms = [1000]\n[jobs.slots]\nllm = {slots}\n[store]\nkind = \"local\"\nbucket = \"bench\"\nlocal_dir = \"{out}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n",
         scratch = dir.path().join("scratch").display(),
         out = dir.path().join("out").display(),
         amqp = args.amqp,
@@ -198,13 +211,25 @@ async fn worker_run(conn: &Connection, args: &Args, prefix: &str) -> anyhow::Res
         )
         .await?;
     let mut first = None;
+    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for _ in 0..args.jobs {
-        tokio::time::timeout(Duration::from_secs(120), consumer.next()).await?.expect("tap open")?;
+        let d = tokio::time::timeout(Duration::from_secs(120), consumer.next()).await?.expect("tap open")?;
         first.get_or_insert_with(Instant::now);
+        let event: ainern2d_contract::Event = serde_json::from_slice(&d.data)?;
+        for (stage, ms) in event.timings_ms {
+            stages.entry(stage).or_default().push(ms);
+        }
     }
     let elapsed = first.unwrap().elapsed();
+    for (stage, mut v) in stages {
+        v.sort_by(f64::total_cmp);
+        println!("    stage {stage:<10} median {:.3} ms", v[v.len() / 2]);
+    }
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
     let overhead = histogram_median(&metrics, "ainern2d_worker_overhead_seconds");
+    if let Some(cpu) = cpu_seconds(child.id()) {
+        println!("    worker CPU {:.3} ms per job", cpu * 1e3 / args.jobs as f64);
+    }
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     for q in [topo.job_queue(JobKind::Llm), topo.retry_queue(JobKind::Llm, 0), topo.dead_letter_queue()] {
@@ -216,20 +241,51 @@ async fn worker_run(conn: &Connection, args: &Args, prefix: &str) -> anyhow::Res
     Ok((elapsed, overhead))
 }
 
+/// User + system CPU seconds of a process (Linux `/proc`), for the per-job cost line.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let bare = bare_loop(&conn, &prefix, args.jobs, args.prefetch).await?;
-    let (worker, overhead) = worker_run(&conn, &args, &prefix).await?;
     let rate = |d: Duration| args.jobs as f64 / d.as_secs_f64();
-    println!("jobs: {}, prefetch: {}", args.jobs, args.prefetch);
-    println!("bare lapin loop : {:>8.0} jobs/s", rate(bare));
-    println!("ainern2d-worker : {:>8.0} jobs/s", rate(worker));
-    println!("ratio worker/bare: {:.2}", rate(worker) / rate(bare));
-    if let Some(s) = overhead {
-        println!("worker overhead per job (median, from ainern2d_worker_overhead_seconds): {:.3} ms", s * 1e3);
+    println!("jobs per run: {}, prefetch: {}, rounds: {}", args.jobs, args.prefetch, args.rounds);
+    // Rounds interleave the three runs so that drift on a shared machine hits all of them alike.
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut overheads = Vec::new();
+    for round in 0..args.rounds {
+        println!("round {}", round + 1);
+        let bare = rate(bare_loop(&conn, &format!("{prefix}-{round}"), args.jobs, args.prefetch).await?);
+        println!("  bare lapin loop: {bare:.0} jobs/s");
+        for (i, (backend, what)) in
+            [("noop", "no-op pipeline"), ("mock", "mock llm + local store")].into_iter().enumerate()
+        {
+            let (worker, overhead) = worker_run(&conn, &args, &format!("{prefix}-{round}-{backend}"), backend).await?;
+            let worker = rate(worker);
+            println!("  ainern2d-worker, {what}: {worker:.0} jobs/s, ratio {:.2}", worker / bare);
+            ratios[i].push(worker / bare);
+            if let (0, Some(s)) = (i, overhead) {
+                overheads.push(s * 1e3);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("median ratio worker/bare, no-op jobs: {:.2}", median(&mut ratios[0]));
+    println!("median ratio worker/bare, mock llm jobs with an output: {:.2}", median(&mut ratios[1]));
+    if !overheads.is_empty() {
+        println!(
+            "median runtime overhead per no-op job (ainern2d_worker_overhead_seconds): {:.3} ms",
+            median(&mut overheads)
+        );
     }
     Ok(())
 }

@@ -62,6 +62,11 @@ pub trait Pipeline: Send + Sync {
     /// Names of the artifacts a successful run of `job` produces. The worker looks for them before running a
     /// redelivered job, so a job whose outputs were already stored is not run (or stored) twice.
     fn output_names(&self, job: &Job) -> Vec<String>;
+    /// Whether `run` needs `RunRequest::workdir` to exist (it always does for a pipeline that writes
+    /// artifacts). A backend that writes nothing says no and the worker skips the scratch directory.
+    fn needs_workdir(&self) -> bool {
+        true
+    }
     /// Runs the job to completion on the calling (blocking) thread. Must return promptly with
     /// [`PipelineErrorKind::Cancelled`] once `cancel` fires.
     fn run(
@@ -70,4 +75,39 @@ pub trait Pipeline: Send + Sync {
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
     ) -> Result<Vec<Artifact>, PipelineError>;
+}
+
+/// A backend that does nothing and produces no artifact: it measures the runtime around a pipeline
+/// (`benches/`) and smoke-tests the plumbing. Selected with `jobs.backend = "noop"`.
+#[derive(Debug, Clone)]
+pub struct NoopPipeline(pub JobKind);
+
+impl Pipeline for NoopPipeline {
+    fn kind(&self) -> JobKind {
+        self.0
+    }
+
+    fn backend(&self) -> &'static str {
+        "noop"
+    }
+
+    fn output_names(&self, _job: &Job) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn needs_workdir(&self) -> bool {
+        false
+    }
+
+    fn run(
+        &self,
+        _: &RunRequest<'_>,
+        _: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Artifact>, PipelineError> {
+        if cancel.is_cancelled() {
+            return Err(PipelineError::cancelled());
+        }
+        Ok(Vec::new())
+    }
 }

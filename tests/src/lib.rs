@@ -122,6 +122,7 @@ listen = "127.0.0.1:{http_port}"
 interval_ms = 500
 [events]
 progress_interval_ms = 100
+lifecycle_delay_ms = 0
 {extra}
 "#,
         scratch = std::env::temp_dir().join("ainern2d-test-scratch").display(),

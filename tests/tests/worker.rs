@@ -109,9 +109,12 @@ async fn a_job_of_each_kind_ends_as_an_object_and_a_succeeded_event() {
             "{:?}",
             event.timings_ms
         );
-        for status in [EventStatus::Accepted, EventStatus::Running] {
-            assert_eq!(tap.count(&id, status), 1, "{kind}: one {status:?} event");
-        }
+        // `running` once (lifecycle_delay_ms = 0 in tests); `accepted` only if the job waited for a slot.
+        assert_eq!(tap.count(&id, EventStatus::Running), 1, "{kind}: one running event");
+        assert!(tap.count(&id, EventStatus::Accepted) <= 1, "{kind}: at most one accepted event");
+        let mine: Vec<_> = tap.seen.iter().filter(|e| e.job_id == id).collect();
+        assert!(mine.last().unwrap().status.is_terminal(), "{kind}: nothing after the outcome: {mine:?}");
+        assert!(mine.windows(2).all(|w| w[0].seq < w[1].seq), "{kind}: seq increases");
     }
     // The metrics endpoint reports what happened.
     let metrics =
@@ -196,15 +199,15 @@ async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
         tap.seen.iter().filter(|e| e.job_id == "flaky" && e.status == EventStatus::Retrying).cloned().collect();
     assert_eq!(retrying.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2]);
     // Backoff: each attempt starts no earlier than its delay after the previous failure.
-    let accepted = |attempt| {
+    let started = |attempt| {
         tap.seen
             .iter()
-            .find(|e| e.job_id == "flaky" && e.status == EventStatus::Accepted && e.attempt == attempt)
+            .find(|e| e.job_id == "flaky" && e.status == EventStatus::Running && e.attempt == attempt)
             .unwrap()
             .emitted_at
     };
-    let gap2 = (accepted(2) - retrying[0].emitted_at).num_milliseconds();
-    let gap3 = (accepted(3) - retrying[1].emitted_at).num_milliseconds();
+    let gap2 = (started(2) - retrying[0].emitted_at).num_milliseconds();
+    let gap3 = (started(3) - retrying[1].emitted_at).num_milliseconds();
     assert!(gap2 >= 350 && gap3 >= 750, "backoff gaps {gap2} ms and {gap3} ms");
     let dead = format!("{}.dead", s.prefix);
     let deadline = Instant::now() + T;
@@ -468,4 +471,32 @@ async fn the_worker_keeps_consuming_after_the_broker_restarts() {
     }
     w.kill9();
     delete_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the_lifecycle_delay() {
+    let s = setup("lifecycle").await;
+    let (config, _) = s.config("[jobs.slots]\nllm = 1\n[mock]\nlatency_ms = 400\n");
+    let mut w = Worker::spawn(&config.replace("lifecycle_delay_ms = 0", "lifecycle_delay_ms = 50"));
+    w.wait_ready().await;
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    for id in ["first", "second"] {
+        publish_job(
+            &s.channel,
+            &s.prefix,
+            JobKind::Llm,
+            &job(JobKind::Llm, id, small_params(JobKind::Llm), serde_json::json!({})),
+        )
+        .await;
+    }
+    for id in ["first", "second"] {
+        assert_eq!(tap.terminal(id, T).await.status, EventStatus::Succeeded);
+    }
+    // One slot: the first job starts at once (no `accepted`), the second waits for the slot (`accepted`).
+    assert_eq!(tap.count("first", EventStatus::Accepted), 0);
+    assert_eq!(tap.count("second", EventStatus::Accepted), 1);
+    // Both ran longer than the 50 ms lifecycle delay, so both reported `running`.
+    assert_eq!((tap.count("first", EventStatus::Running), tap.count("second", EventStatus::Running)), (1, 1));
+    w.kill9();
+    s.cleanup(3).await;
 }

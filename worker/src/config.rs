@@ -56,6 +56,16 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// Delay before retry n (the last one repeats). Each delay is a retry queue with that TTL.
     pub retry_delays_ms: Vec<u64>,
+    /// Inference backend for every served kind: `mock` (synthetic real media) or `noop` (no output; for
+    /// measuring the runtime itself).
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Mock,
+    Noop,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,8 +124,11 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// At most one `progress` event per job per interval.
+    /// At most one `progress` event per job per interval (the first one interval after the start).
     pub progress_interval_ms: u64,
+    /// `running` is published once a job has run this long; a job that finishes sooner reports only its
+    /// outcome (whose `timings_ms` carry every stage). 0 publishes `running` for every job.
+    pub lifecycle_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -185,6 +198,7 @@ impl Default for JobsConfig {
             upload_overlap: 1,
             max_attempts: 3,
             retry_delays_ms: vec![1_000, 10_000, 60_000],
+            backend: Backend::Mock,
         }
     }
 }
@@ -230,7 +244,7 @@ impl Default for HttpConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { progress_interval_ms: 500 }
+        EventsConfig { progress_interval_ms: 500, lifecycle_delay_ms: 20 }
     }
 }
 

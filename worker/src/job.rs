@@ -52,6 +52,13 @@ impl From<FetchError> for Stop {
     }
 }
 
+/// A pipeline artifact with its checksum, computed on the pipeline's thread.
+struct Hashed {
+    artifact: Artifact,
+    sha256: String,
+    size: u64,
+}
+
 struct Done {
     outputs: Vec<OutputObject>,
     timings: BTreeMap<String, f64>,
@@ -131,49 +138,80 @@ async fn run(
             field: None,
         }));
     }
-    let _ = emitter.lifecycle(EventStatus::Accepted).await;
     let mut timings = BTreeMap::new();
     let work = async {
-        let permit = tokio::select! {
-            p = shared.slots[&kind].clone().acquire_owned() => p.expect("slot semaphores are never closed"),
-            _ = cancel.cancelled() => return Err(interrupted()),
+        // `accepted` says "taken, waiting for a slot": it is only news when the job has to wait.
+        let permit = match shared.slots[&kind].clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _ = emitter.lifecycle(EventStatus::Accepted).await;
+                tokio::select! {
+                    p = shared.slots[&kind].clone().acquire_owned() => p.expect("slot semaphores are never closed"),
+                    _ = cancel.cancelled() => return Err(interrupted()),
+                }
+            }
         };
         timings.insert("queue".to_string(), ms(received.elapsed()));
-        let _ = emitter.lifecycle(EventStatus::Running).await;
-        let workdir = tempfile::Builder::new()
-            .prefix(&format!("{}-", job.job_id))
-            .tempdir_in(&shared.config.scratch_dir)
-            .map_err(|e| {
-                Stop::Failed(Failure {
-                    code: ErrorCode::Internal,
-                    message: format!("scratch dir: {e}"),
-                    retryable: true,
-                    field: None,
-                })
-            })?;
+        let body = async {
+            // A job with inputs needs its scratch directory now; otherwise it is made on the pipeline's thread.
+            let workdir =
+                if job.inputs.is_empty() { None } else { Some(scratch_dir(&shared.config.scratch_dir, job)?) };
+            let mut stages = Vec::new();
+            let started = Instant::now();
+            let inputs = match &workdir {
+                Some(dir) => fetch_inputs(shared, job, dir.path(), &cancel).await?,
+                None => BTreeMap::new(),
+            };
+            stages.push(("fetch", started.elapsed()));
 
-        let started = Instant::now();
-        let inputs = fetch_inputs(shared, job, workdir.path(), &cancel).await?;
-        let fetch_s = started.elapsed();
-        shared.metrics.stage(kind.as_str(), "fetch", fetch_s.as_secs_f64());
-        timings.insert("fetch".into(), ms(fetch_s));
+            let started = Instant::now();
+            let (artifacts, workdir) = infer(shared, emitter, job, attempt, inputs, workdir, &cancel).await?;
+            stages.push(("inference", started.elapsed()));
+            drop(permit);
 
-        let started = Instant::now();
-        let artifacts = infer(shared, emitter, job, attempt, inputs, workdir.path().to_path_buf(), &cancel).await?;
-        let infer_s = started.elapsed();
-        shared.metrics.stage(kind.as_str(), "inference", infer_s.as_secs_f64());
-        timings.insert("inference".into(), ms(infer_s));
-        drop(permit);
-
-        let started = Instant::now();
-        let outputs = upload(shared, job, &artifacts, &cancel).await?;
-        let upload_s = started.elapsed();
-        shared.metrics.stage(kind.as_str(), "upload", upload_s.as_secs_f64());
-        timings.insert("upload".into(), ms(upload_s));
+            let started = Instant::now();
+            let outputs = upload(shared, job, &artifacts, &cancel).await?;
+            stages.push(("upload", started.elapsed()));
+            if let Some(workdir) = workdir {
+                // Removing the scratch tree is file-system work: keep it off the reactor.
+                tokio::task::spawn_blocking(move || drop(workdir));
+            }
+            Ok::<_, Stop>((outputs, stages))
+        };
+        // `running` goes out once the job has run for `events.lifecycle_delay_ms`; a job that finishes sooner
+        // reports only its outcome (with per-stage timings), which keeps short jobs cheap for the broker.
+        tokio::pin!(body);
+        let lifecycle_delay = shared.config.events.lifecycle_delay_ms;
+        if lifecycle_delay == 0 {
+            let _ = emitter.lifecycle(EventStatus::Running).await;
+        }
+        let delay = async {
+            match lifecycle_delay {
+                0 => std::future::pending().await,
+                ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+        };
+        let (outputs, stages) = tokio::select! {
+            biased;
+            r = &mut body => r?,
+            _ = delay => {
+                let _ = emitter.lifecycle(EventStatus::Running).await;
+                body.await?
+            }
+        };
+        let mut busy = Duration::ZERO;
+        for (stage, took) in stages {
+            shared.metrics.stage(kind.as_str(), stage, took.as_secs_f64());
+            timings.insert(stage.to_string(), ms(took));
+            busy += took;
+        }
         let total = received.elapsed();
         shared.metrics.stage(kind.as_str(), "total", total.as_secs_f64());
-        let overhead = total.saturating_sub(fetch_s + infer_s + upload_s);
-        shared.metrics.overhead_seconds.get_or_create(&Metrics::kind(kind.as_str())).observe(overhead.as_secs_f64());
+        shared
+            .metrics
+            .overhead_seconds
+            .get_or_create(&Metrics::kind(kind.as_str()))
+            .observe(total.saturating_sub(busy).as_secs_f64());
         timings.insert("total".into(), ms(total));
         Ok(outputs)
     };
@@ -232,35 +270,59 @@ async fn infer(
     job: &Job,
     attempt: u32,
     inputs: BTreeMap<String, PathBuf>,
-    workdir: PathBuf,
+    workdir: Option<tempfile::TempDir>,
     cancel: &CancellationToken,
-) -> Result<Vec<Artifact>, Stop> {
+) -> Result<(Vec<Hashed>, Option<tempfile::TempDir>), Stop> {
     let pipeline = shared.pipelines[&job.kind()].clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f32, String, Option<String>)>();
     let interval = Duration::from_millis(shared.config.events.progress_interval_ms);
-    let forwarder = {
-        let emitter = emitter.clone();
-        tokio::spawn(async move {
-            // The first progress event goes out one interval after the start: a job shorter than that
-            // reports only its outcome, which keeps short jobs cheap for the broker.
-            let mut last = Instant::now();
-            while let Some((fraction, stage, message)) = rx.recv().await {
+    let job_owned = job.clone();
+    let cancel_owned = cancel.clone();
+    // Inference is CPU/GPU-bound: it runs on a blocking thread, never on the reactor. The outputs are hashed
+    // on the same thread while they are hot in the page cache.
+    let scratch = shared.config.scratch_dir.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let workdir = match workdir {
+            Some(dir) => Some(dir),
+            None if pipeline.needs_workdir() => Some(scratch_dir(&scratch, &job_owned).map_err(|_| {
+                ainern2d_pipelines::PipelineError::retryable(format!(
+                    "cannot create a scratch dir in {}",
+                    scratch.display()
+                ))
+            })?),
+            None => None,
+        };
+        let path = workdir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
+        let req = RunRequest { job: &job_owned, attempt, inputs, workdir: path, downgrade: None };
+        let artifacts = pipeline.run(&req, &ChannelSink(tx), &cancel_owned)?;
+        let hashed = artifacts
+            .into_iter()
+            .map(|artifact| {
+                let (sha256, size) = sha256_file(&artifact.path).map_err(|e| {
+                    ainern2d_pipelines::PipelineError::retryable(format!("hashing {}: {e}", artifact.path.display()))
+                })?;
+                Ok::<_, ainern2d_pipelines::PipelineError>(Hashed { artifact, sha256, size })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Nothing to upload: the scratch directory can go now, on this thread.
+        let workdir = if hashed.is_empty() { None } else { workdir };
+        Ok::<_, ainern2d_pipelines::PipelineError>((hashed, workdir))
+    });
+    // Progress is forwarded from this task while the pipeline runs: the first event one interval after the
+    // start (a job shorter than that reports only its outcome), then at most one per interval.
+    tokio::pin!(result);
+    let mut last = Instant::now();
+    let result = loop {
+        tokio::select! {
+            done = &mut result => break done,
+            Some((fraction, stage, message)) = rx.recv() => {
                 if last.elapsed() >= interval {
                     last = Instant::now();
                     let _ = emitter.progress(fraction, &stage, message).await;
                 }
             }
-        })
+        }
     };
-    let job_owned = job.clone();
-    let cancel_owned = cancel.clone();
-    // Inference is CPU/GPU-bound: it runs on a blocking thread, never on the reactor.
-    let result = tokio::task::spawn_blocking(move || {
-        let req = RunRequest { job: &job_owned, attempt, inputs, workdir, downgrade: None };
-        pipeline.run(&req, &ChannelSink(tx), &cancel_owned)
-    })
-    .await;
-    let _ = forwarder.await;
     match result {
         Ok(Ok(artifacts)) => Ok(artifacts),
         Ok(Err(e)) => Err(match e.kind {
@@ -284,6 +346,17 @@ async fn infer(
     }
 }
 
+fn scratch_dir(root: &Path, job: &Job) -> Result<tempfile::TempDir, Stop> {
+    tempfile::Builder::new().prefix(&format!("{}-", job.job_id)).tempdir_in(root).map_err(|e| {
+        Stop::Failed(Failure {
+            code: ErrorCode::Internal,
+            message: format!("cannot create a scratch dir in {}: {e}", root.display()),
+            retryable: true,
+            field: None,
+        })
+    })
+}
+
 fn bucket_of<'a>(shared: &'a Shared, job: &'a Job) -> &'a str {
     job.output.bucket.as_deref().unwrap_or(&shared.config.store.bucket)
 }
@@ -291,30 +364,18 @@ fn bucket_of<'a>(shared: &'a Shared, job: &'a Job) -> &'a str {
 async fn upload(
     shared: &Shared,
     job: &Job,
-    artifacts: &[Artifact],
+    artifacts: &[Hashed],
     cancel: &CancellationToken,
 ) -> Result<Vec<OutputObject>, Stop> {
     let bucket = bucket_of(shared, job);
     let mut outputs = Vec::with_capacity(artifacts.len());
-    for artifact in artifacts {
+    for Hashed { artifact, sha256, size } in artifacts {
         if shared.config.mock.upload_delay_ms > 0 {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(shared.config.mock.upload_delay_ms)) => {}
                 _ = cancel.cancelled() => return Err(Stop::Interrupted(Interruption::Shutdown)),
             }
         }
-        let path = artifact.path.clone();
-        let (sha256, size) = tokio::task::spawn_blocking(move || sha256_file(&path))
-            .await
-            .expect("hashing does not panic")
-            .map_err(|e| {
-                Stop::Failed(Failure {
-                    code: ErrorCode::Internal,
-                    message: format!("hashing {}: {e}", artifact.path.display()),
-                    retryable: true,
-                    field: None,
-                })
-            })?;
         let key = job.output_key(&artifact.name);
         let failed = |e: crate::store::StoreError| {
             Stop::Failed(Failure {
@@ -324,16 +385,16 @@ async fn upload(
                 field: None,
             })
         };
-        shared.store.put(bucket, &key, &artifact.path, &artifact.content_type, &sha256).await.map_err(failed)?;
-        shared.metrics.upload_bytes.get_or_create(&Metrics::kind(job.kind().as_str())).inc_by(size);
+        shared.store.put(bucket, &key, &artifact.path, &artifact.content_type, sha256).await.map_err(failed)?;
+        shared.metrics.upload_bytes.get_or_create(&Metrics::kind(job.kind().as_str())).inc_by(*size);
         let presigned_url =
             shared.store.presign_get(bucket, &key, Duration::from_secs(shared.config.store.presign_ttl_s)).await.ok();
         outputs.push(OutputObject {
             name: artifact.name.clone(),
             bucket: bucket.to_string(),
             key,
-            size,
-            sha256,
+            size: *size,
+            sha256: sha256.clone(),
             content_type: artifact.content_type.clone(),
             presigned_url,
         });

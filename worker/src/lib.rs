@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{JobKind, WorkerState};
-use ainern2d_pipelines::{MockPipeline, Pipeline};
+use ainern2d_pipelines::{MockPipeline, NoopPipeline, Pipeline};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Backend, Config, StoreKind};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::store::{ArtifactStore, LocalStore};
@@ -70,7 +70,13 @@ impl Shared {
             .jobs
             .kinds
             .iter()
-            .map(|k| (*k, Arc::new(MockPipeline::new(*k, config.mock.clone())) as Arc<dyn Pipeline>))
+            .map(|k| {
+                let pipeline: Arc<dyn Pipeline> = match config.jobs.backend {
+                    Backend::Mock => Arc::new(MockPipeline::new(*k, config.mock.clone())),
+                    Backend::Noop => Arc::new(NoopPipeline(*k)),
+                };
+                (*k, pipeline)
+            })
             .collect();
         let slots =
             config.jobs.kinds.iter().map(|k| (*k, Arc::new(Semaphore::new(config.slots(*k) as usize)))).collect();

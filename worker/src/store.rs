@@ -101,16 +101,23 @@ impl ArtifactStore for LocalStore {
     ) -> Result<(), StoreError> {
         let dest = self.path(bucket, key)?;
         let meta = self.meta_path(bucket, key);
-        for dir in [dest.parent(), meta.parent()].into_iter().flatten() {
-            tokio::fs::create_dir_all(dir).await.map_err(io)?;
-        }
-        let tmp = dest.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
-        tokio::fs::copy(file, &tmp).await.map_err(io)?;
-        let size = tokio::fs::metadata(&tmp).await.map_err(io)?.len();
-        let doc = serde_json::json!({"size": size, "sha256": sha256, "content_type": content_type});
-        tokio::fs::write(&meta, doc.to_string()).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
-        Ok(())
+        let (file, doc) = (file.to_path_buf(), serde_json::json!({"sha256": sha256, "content_type": content_type}));
+        // One blocking call for the whole sequence: a hard link (or a copy across file systems) to a temporary
+        // name, the metadata, then an atomic rename.
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for dir in [dest.parent(), meta.parent()].into_iter().flatten() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = dest.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
+            if std::fs::hard_link(&file, &tmp).is_err() {
+                std::fs::copy(&file, &tmp)?;
+            }
+            std::fs::write(&meta, doc.to_string())?;
+            std::fs::rename(&tmp, &dest)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("local store: {e}")))?
+        .map_err(io)
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
