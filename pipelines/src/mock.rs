@@ -380,6 +380,26 @@ mod tests {
         }
     }
 
+    /// The MP4 has the requested frame size, rate and duration when read back by FFmpeg's demuxer.
+    #[test]
+    fn video_has_the_requested_size_and_duration() {
+        let (_dir, out) = run(JobKind::Video, MockConfig::default(), 1);
+        let path = &out.unwrap()[0].path;
+        let ictx = ffmpeg_next::format::input(path).unwrap();
+        let stream = ictx.streams().best(ffmpeg_next::media::Type::Video).unwrap();
+        let decoder = ffmpeg_next::codec::context::Context::from_parameters(stream.parameters())
+            .unwrap()
+            .decoder()
+            .video()
+            .unwrap();
+        // examples/jobs/video.json asks for 320x240 at 12 fps for 2.0 s.
+        assert_eq!((decoder.width(), decoder.height()), (320, 240));
+        assert_eq!(stream.avg_frame_rate(), ffmpeg_next::Rational(12, 1));
+        let seconds = stream.duration() as f64 * f64::from(stream.time_base());
+        assert!((seconds - 2.0).abs() < 1e-6, "duration {seconds}");
+        assert_eq!(decoder.id(), ffmpeg_next::codec::Id::H264);
+    }
+
     #[test]
     fn outputs_are_deterministic() {
         let (_a, a) = run(JobKind::Llm, MockConfig::default(), 1);

@@ -352,6 +352,19 @@ pub async fn queue_len(channel: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
+/// Waits until `queue` holds at least `n` ready messages.
+pub async fn wait_queue_len(channel: &Channel, queue: &str, n: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let len = queue_len(channel, queue).await;
+        if len >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{queue} holds {len} messages, expected {n} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A job body for `kind` with the given id and output prefix.
 pub fn job(kind: JobKind, job_id: &str, params: serde_json::Value, inputs: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -409,6 +422,8 @@ impl PrivateBroker {
             .find(|p| Path::new(p).exists())
             .unwrap_or("rabbitmq-server");
         let child = Command::new(server)
+            // Erlang writes crash dumps (MnesiaCore.*) to its working directory: keep them in the temp dir.
+            .current_dir(base)
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", free_port().to_string())

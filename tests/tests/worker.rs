@@ -42,6 +42,11 @@ async fn setup(name: &str) -> Setup {
 }
 
 impl Setup {
+    /// Publishes a small job of `kind` with no inputs.
+    async fn submit(&self, kind: JobKind, id: &str) {
+        publish_job(&self.channel, &self.prefix, kind, &job(kind, id, small_params(kind), serde_json::json!({}))).await;
+    }
+
     fn config(&self, extra: &str) -> (String, u16) {
         let port = free_port();
         (worker_config(&amqp_url(), &self.prefix, &self.bucket, port, extra), port)
@@ -159,11 +164,7 @@ async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_fiel
 
     // All three are in the dead-letter queue with the reason, none is lost.
     let dead = format!("{}.dead", s.prefix);
-    let deadline = Instant::now() + T;
-    while queue_len(&s.channel, &dead).await < 3 {
-        assert!(Instant::now() < deadline, "dead letters missing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_queue_len(&s.channel, &dead, 3, T).await;
     let got = s
         .channel
         .basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
@@ -184,13 +185,7 @@ async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
     let s = setup("retry").await;
     let _w = s.worker("[jobs]\nmax_attempts = 3\nretry_delays_ms = [400, 800]\n[mock]\nfailure_rate = 1.0\nfailure = \"retryable\"\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "flaky", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Llm, "flaky").await;
     let end = tap.terminal("flaky", T).await;
     assert_eq!(end.status, EventStatus::DeadLettered);
     assert_eq!(end.attempt, 3);
@@ -210,11 +205,7 @@ async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
     let gap3 = (started(3) - retrying[1].emitted_at).num_milliseconds();
     assert!(gap2 >= 350 && gap3 >= 750, "backoff gaps {gap2} ms and {gap3} ms");
     let dead = format!("{}.dead", s.prefix);
-    let deadline = Instant::now() + T;
-    while queue_len(&s.channel, &dead).await < 1 {
-        assert!(Instant::now() < deadline, "dead letter missing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_queue_len(&s.channel, &dead, 1, T).await;
     s.cleanup(2).await;
 }
 
@@ -223,13 +214,7 @@ async fn a_job_redelivered_after_its_worker_was_killed_produces_one_object_and_o
     let s = setup("kill").await;
     let mut slow = s.worker("[mock]\nlatency_ms = 4000\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Video,
-        &job(JobKind::Video, "survivor", small_params(JobKind::Video), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Video, "survivor").await;
     tap.wait_for(T, "running", |e| e.job_id == "survivor" && e.status == EventStatus::Running).await;
     slow.kill9();
     let _fresh = s.worker("").await;
@@ -250,13 +235,7 @@ async fn a_redelivered_job_whose_outputs_are_stored_is_not_run_again() {
     let s = setup("replay").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let mut first = s.worker("").await;
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Audio,
-        &job(JobKind::Audio, "once", small_params(JobKind::Audio), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Audio, "once").await;
     let done = tap.terminal("once", T).await;
     first.kill9();
     // Simulate the lost ack by publishing the same job again as a retry (attempt 2 takes the replay path too).
@@ -293,13 +272,7 @@ async fn sigterm_during_a_job_loses_nothing() {
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     // Within the grace period: the in-flight job finishes, the worker exits 0.
     let mut w = s.worker("[mock]\nlatency_ms = 1500\n[shutdown]\ngrace_s = 20\n").await;
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "finishes", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Llm, "finishes").await;
     tap.wait_for(T, "running", |e| e.job_id == "finishes" && e.status == EventStatus::Running).await;
     w.signal("TERM");
     assert_eq!(w.wait_exit(T).await, 0, "{}", w.logs());
@@ -307,13 +280,7 @@ async fn sigterm_during_a_job_loses_nothing() {
 
     // Past the grace period: the job goes back to the queue, untouched, and a later worker finishes it.
     let mut w = s.worker("[mock]\nlatency_ms = 30000\n[shutdown]\ngrace_s = 1\n").await;
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "requeued", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Llm, "requeued").await;
     tap.wait_for(T, "running", |e| e.job_id == "requeued" && e.status == EventStatus::Running).await;
     w.signal("TERM");
     assert_eq!(w.wait_exit(T).await, 0, "{}", w.logs());
@@ -428,13 +395,7 @@ async fn a_broker_side_consumer_cancel_is_recovered_from() {
         assert!(Instant::now() < ready, "queue was not redeclared:\n{}", w.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    publish_job(
-        &s.channel,
-        &s.prefix,
-        JobKind::Audio,
-        &job(JobKind::Audio, "after-cancel", small_params(JobKind::Audio), serde_json::json!({})),
-    )
-    .await;
+    s.submit(JobKind::Audio, "after-cancel").await;
     assert_eq!(tap.terminal("after-cancel", T).await.status, EventStatus::Succeeded, "{}", w.logs());
     s.cleanup(3).await;
 }
@@ -481,13 +442,7 @@ async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the
     w.wait_ready().await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     for id in ["first", "second"] {
-        publish_job(
-            &s.channel,
-            &s.prefix,
-            JobKind::Llm,
-            &job(JobKind::Llm, id, small_params(JobKind::Llm), serde_json::json!({})),
-        )
-        .await;
+        s.submit(JobKind::Llm, id).await;
     }
     for id in ["first", "second"] {
         assert_eq!(tap.terminal(id, T).await.status, EventStatus::Succeeded);
