@@ -371,7 +371,8 @@ mod tests {
 
     #[test]
     fn gpu_traces() {
-        let table: &[(&str, &[(i64, f64)], &[&str])] = &[
+        type Trace<'a> = (&'a str, &'a [(i64, f64)], &'a [&'a str]);
+        let table: &[Trace] = &[
             ("93% for 14 min", &[(14, 93.0)], &[]),
             ("93% for 16 min", &[(16, 93.0)], &["downgrade"]),
             ("exactly 92% is not above", &[(30, 92.0)], &[]),
