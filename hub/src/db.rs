@@ -84,7 +84,7 @@ pub async fn apply_batch(
         let bodies: Vec<serde_json::Value> =
             events.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect();
         let fresh: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO job_events (event_id, job_id, attempt, seq, status, worker_id, emitted_at, applied, body)
+            "INSERT INTO job_events (event_id, job_id, attempt, seq, status, worker_id, emitted_at, body, applied)
              SELECT e.*, TRUE FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::jsonb[])
                  AS e(event_id, job_id, attempt, seq, status, worker_id, emitted_at, body)
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",

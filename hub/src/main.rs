@@ -1,14 +1,70 @@
-//! `ainern2d-hub`: the CPU-side service that will consume events into Postgres, keep the worker registry and
-//! enforce the fleet policy. Only the contract is wired so far; the hub itself is the next milestone.
-//!
-//! The hub must never link inference code (no candle, ort or FFmpeg).
+//! `ainern2d-hub`: parse the command line and config, then run until a shutdown signal.
 
-fn main() {
-    eprintln!(
-        "ainern2d-hub {}: not built yet; it speaks {} / {} and will ingest them into Postgres",
-        env!("CARGO_PKG_VERSION"),
-        ainern2d_contract::EVENT_SCHEMA,
-        ainern2d_contract::HEARTBEAT_SCHEMA
-    );
-    std::process::exit(2);
+use std::path::PathBuf;
+
+use ainern2d_hub::config::Config;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "ainern2d-hub", version, about = "Job status in Postgres, worker registry, fleet policy")]
+struct Cli {
+    /// TOML config file (environment variables AINERN2D_HUB_<SECTION>__<KEY> override it).
+    #[arg(long, global = true, env = "AINERN2D_HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume events into Postgres until SIGTERM/SIGINT (applies migrations first).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let cli = Cli::parse();
+    let config =
+        Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;
+    if cli.print_config {
+        print!("{}", config.to_masked_toml());
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format.as_str() {
+        "json" => builder.json().flatten_event(true).init(),
+        "pretty" => builder.init(),
+        _ if std::io::stderr().is_terminal() => builder.init(),
+        _ => builder.json().flatten_event(true).init(),
+    }
+    match cli.command {
+        Command::Migrate => {
+            let pool = ainern2d_hub::db::connect(&config.database.url, &config.database.schema, 1).await?;
+            ainern2d_hub::db::migrate(&pool).await?;
+            println!("migrations applied to schema `{}`", config.database.schema);
+            Ok(())
+        }
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                token.cancel();
+            });
+            ainern2d_hub::serve(config, shutdown).await
+        }
+    }
 }

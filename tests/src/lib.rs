@@ -16,6 +16,35 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+pub fn database_url() -> String {
+    std::env::var("AINERN2D_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A hub config for a test: its own broker prefix and Postgres schema, `extra` TOML appended.
+pub fn hub_config(amqp: &str, prefix: &str, schema: &str, http_port: u16, extra: &str) -> String {
+    format!(
+        "[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n[database]\nurl = \"{db}\"\nschema = \"{schema}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{extra}\n",
+        db = database_url()
+    )
+}
+
+/// A pool on the test's schema.
+pub async fn pg(schema: &str) -> sqlx::PgPool {
+    let options: sqlx::postgres::PgConnectOptions = database_url().parse().unwrap();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.options([("search_path", schema)]))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot reach Postgres at {} ({e}): run scripts/test.sh, which starts it", database_url())
+        })
+}
+
+pub async fn drop_schema(schema: &str) {
+    let pool = pg("public").await;
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
+}
+
 pub fn amqp_url() -> String {
     std::env::var("AINERN2D_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -133,6 +162,11 @@ lifecycle_delay_ms = 0
 
 impl Worker {
     pub fn spawn(config: &str) -> Worker {
+        Self::spawn_bin("ainern2d-worker", config)
+    }
+
+    /// Any of the workspace's daemons (`ainern2d-worker`, `ainern2d-hub`) with a config file.
+    pub fn spawn_bin(bin: &str, config: &str) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, config).unwrap();
@@ -141,11 +175,11 @@ impl Worker {
             .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|p| p.trim_end_matches('"').parse().ok())
             .unwrap_or(0);
-        let log = dir.path().join("worker.log");
-        let child = Command::new(binary("ainern2d-worker"))
+        let log = dir.path().join("service.log");
+        let child = Command::new(binary(bin))
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info,ainern2d_worker=debug")
+            .env("RUST_LOG", "info,ainern2d_worker=debug,ainern2d_hub=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -1,0 +1,217 @@
+//! The hub's configuration: TOML plus `AINERN2D_HUB_<SECTION>__<KEY>` environment overrides, validated
+//! with errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub database: DatabaseConfig,
+    pub ingest: IngestConfig,
+    pub registry: RegistryConfig,
+    pub http: HttpConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub url: String,
+    /// Same prefix as the workers' `broker.prefix`.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// Postgres schema for the hub's tables (created when missing).
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Events applied per transaction, at most.
+    pub batch_max: usize,
+    /// How long a batch waits to fill before it is written.
+    pub batch_wait_ms: u64,
+    /// Unacked events the broker may hand the hub (must be at least `batch_max`).
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A worker whose last heartbeat is older than this is marked lost.
+    pub heartbeat_stale_s: u64,
+    pub check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `auto` (JSON unless a terminal), `json` or `pretty`.
+    pub format: String,
+    pub filter: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(), prefix: "ainern2d".into() }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "public".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { batch_max: 500, batch_wait_ms: 20, prefetch: 2000 }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { heartbeat_stale_s: 60, check_interval_ms: 5_000 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9200)) }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "auto".into(), filter: "info".into() }
+    }
+}
+
+pub const ENV_PREFIX: &str = "AINERN2D_HUB_";
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn extract(figment: Figment) -> Result<Config, String> {
+        let config: Config = figment.extract().map_err(|e| {
+            e.into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |key: &str, why: &str| Err(format!("config key `{key}`: {why}"));
+        if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
+            return bad("broker.url", "must start with amqp:// or amqps://");
+        }
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return bad("database.url", "must start with postgres://");
+        }
+        if self.database.schema.is_empty()
+            || !self.database.schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return bad("database.schema", "must be non-empty [A-Za-z0-9_]");
+        }
+        if self.ingest.batch_max == 0 || usize::from(self.ingest.prefetch) < self.ingest.batch_max {
+            return bad("ingest.prefetch", "must be at least ingest.batch_max (and batch_max above 0)");
+        }
+        if self.registry.heartbeat_stale_s == 0 {
+            return bad("registry.heartbeat_stale_s", "must be above 0");
+        }
+        if !["auto", "json", "pretty"].contains(&self.log.format.as_str()) {
+            return bad("log.format", "must be auto, json or pretty");
+        }
+        self.policy.validate()
+    }
+
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        for url in [&mut c.broker.url, &mut c.database.url] {
+            if let Some((scheme_user, rest)) = url.split_once('@')
+                && let Some((scheme, userpass)) = scheme_user.split_once("://")
+                && let Some((user, _)) = userpass.split_once(':')
+            {
+                *url = format!("{scheme}://{user}:********@{rest}");
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_seed_001() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.policy.gpu.high_pct, c.policy.gpu.sustain_s), (92.0, 900));
+        assert_eq!((c.policy.backlog.threshold, c.policy.backlog.sustain_s), (2000, 600));
+        assert_eq!((c.policy.success.min_rate, c.policy.latency.p95_max_s), (0.95, 180.0));
+        assert_eq!(c.registry.heartbeat_stale_s, 60);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (toml, key) in [
+            ("[database]\nurl = \"mysql://x\"", "database.url"),
+            ("[ingest]\nbatch_max = 5000", "ingest.prefetch"),
+            ("[policy.gpu]\nclear_pct = 99.0", "policy.gpu.clear_pct"),
+            ("[policy.gpu]\nhigh = 3", "high"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.contains(key), "{toml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        let c = Config::from_toml("[database]\nurl = \"postgres://hub:hunter2@db:5432/hub\"").unwrap();
+        assert!(!c.to_masked_toml().contains("hunter2"));
+    }
+}

@@ -1,0 +1,45 @@
+//! `/health`, `/ready` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use crate::Hub;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(hub)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
+    if let Err(e) = axum::serve(listener, router(hub)).with_graceful_shutdown(stop.cancelled_owned()).await {
+        tracing::error!("http server stopped: {e}");
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    let (broker, db) = hub.ready();
+    let word = |b: bool| if b { "ok" } else { "down" };
+    let ok = broker && db;
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "components": {"broker": word(broker), "database": word(db)},
+    });
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], hub.metrics.render())
+}

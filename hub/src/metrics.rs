@@ -1,0 +1,67 @@
+//! Prometheus metrics, prefixed `ainern2d_hub_`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_applied: Counter,
+    pub events_ignored: Counter,
+    pub events_duplicate: Counter,
+    pub malformed: Counter,
+    pub heartbeats: Counter,
+    pub workers_lost: Counter,
+    pub decisions: Counter,
+    pub batch_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ainern2d_hub");
+        let m = Metrics {
+            events_applied: Counter::default(),
+            events_ignored: Counter::default(),
+            events_duplicate: Counter::default(),
+            malformed: Counter::default(),
+            heartbeats: Counter::default(),
+            workers_lost: Counter::default(),
+            decisions: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("events_applied", "Events that moved a job", m.events_applied.clone());
+        registry.register(
+            "events_ignored",
+            "Events logged but stale or late (older attempt, after the end)",
+            m.events_ignored.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events received again (same event id) and skipped",
+            m.events_duplicate.clone(),
+        );
+        registry.register(
+            "events_malformed",
+            "Messages on the events exchange that are not events",
+            m.malformed.clone(),
+        );
+        registry.register("heartbeats", "Worker heartbeats recorded", m.heartbeats.clone());
+        registry.register("workers_lost", "Workers marked lost for missing heartbeats", m.workers_lost.clone());
+        registry.register("policy_decisions", "Fleet policy decisions", m.decisions.clone());
+        registry.register("ingest_batch_seconds", "Time to write one batch of events", m.batch_seconds.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,222 @@
+//! The hub against real RabbitMQ and Postgres, running the real binary.
+
+use std::time::{Duration, Instant};
+
+use ainern2d_contract::{Event, EventStatus, HEARTBEAT_SCHEMA, Heartbeat, JobKind, SlotUsage, WorkerState};
+use ainern2d_tests::*;
+use sqlx::Row;
+
+const T: Duration = Duration::from_secs(60);
+
+struct Setup {
+    prefix: String,
+    schema: String,
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+async fn setup(name: &str) -> Setup {
+    let prefix = unique(name);
+    let schema = prefix.replace('-', "_");
+    let conn = connect(&amqp_url()).await;
+    let channel = confirm_channel(&conn).await;
+    Setup { prefix, schema, conn, channel }
+}
+
+impl Setup {
+    async fn hub(&self, extra: &str) -> Worker {
+        let mut hub =
+            Worker::spawn_bin("ainern2d-hub", &hub_config(&amqp_url(), &self.prefix, &self.schema, free_port(), extra));
+        hub.wait_ready().await;
+        hub
+    }
+
+    async fn publish(&self, routing_key: &str, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                format!("{}.events", self.prefix).as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    async fn send(&self, event: &Event) {
+        self.publish(&event.routing_key(), &serde_json::to_vec(event).unwrap()).await;
+    }
+
+    async fn cleanup(self) {
+        let _ =
+            self.channel.queue_delete(format!("{}.hub.events", self.prefix).as_str().into(), Default::default()).await;
+        for ex in ["events", "control"] {
+            let _ =
+                self.channel.exchange_delete(format!("{}.{ex}", self.prefix).as_str().into(), Default::default()).await;
+        }
+        let _ = self.conn.close(200, "done".into()).await;
+        drop_schema(&self.schema).await;
+    }
+}
+
+fn event(job: &str, attempt: u32, status: EventStatus, seq: u32) -> Event {
+    Event::new(job, Some(JobKind::Video), attempt, "w-1", status, seq)
+}
+
+async fn wait_count(pool: &sqlx::PgPool, sql: &str, n: i64) {
+    let deadline = Instant::now() + T;
+    loop {
+        let got: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1);
+        if got == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{sql}` is {got}, expected {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn job_row(pool: &sqlx::PgPool, job: &str) -> (String, i32) {
+    let row =
+        sqlx::query("SELECT status, attempt FROM jobs WHERE job_id = $1").bind(job).fetch_one(pool).await.unwrap();
+    (row.get("status"), row.get("attempt"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_applied_exactly_once_under_duplicates_and_reordering() {
+    let s = setup("hub-once").await;
+    let _hub = s.hub("").await;
+    let pool = pg(&s.schema).await;
+    // A retried job, delivered out of order and every event twice; a late progress after the end; a job
+    // whose second, conflicting outcome must not win; and a message that is not an event at all.
+    let mut retried = vec![
+        event("retried", 2, EventStatus::Succeeded, 1),
+        event("retried", 1, EventStatus::Progress, 1),
+        event("retried", 1, EventStatus::Running, 0),
+        event("retried", 2, EventStatus::Running, 0),
+        event("retried", 1, EventStatus::Retrying, 2),
+    ];
+    retried.extend(retried.clone());
+    for e in &retried {
+        s.send(e).await;
+    }
+    s.send(&event("retried", 2, EventStatus::Progress, 9)).await;
+    s.send(&event("conflict", 1, EventStatus::Succeeded, 3)).await;
+    s.send(&event("conflict", 1, EventStatus::Failed, 4)).await;
+    s.publish("job.video.failed", b"not an event").await;
+
+    // 5 distinct events of `retried` + 1 late progress + 2 of `conflict`.
+    wait_count(&pool, "SELECT count(*) FROM job_events", 8).await;
+    assert_eq!(job_row(&pool, "retried").await, ("succeeded".into(), 2));
+    assert_eq!(job_row(&pool, "conflict").await, ("succeeded".into(), 1));
+    let ignored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM job_events WHERE NOT applied ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    // Everything that arrived after `retried` ended (it ended first) is logged but did not move it.
+    assert!(ignored.contains(&"conflict/1/failed".to_string()), "{ignored:?}");
+    assert!(ignored.contains(&"retried/2/9".to_string()), "{ignored:?}");
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_killed_between_receiving_and_committing_loses_no_event() {
+    let s = setup("hub-kill").await;
+    // A long batch window: the hub holds the events, uncommitted and unacked, when it is killed.
+    let mut hub = s.hub("[ingest]\nbatch_wait_ms = 10000\nbatch_max = 1000\n").await;
+    let pool = pg(&s.schema).await;
+    for i in 0..50 {
+        s.send(&event(&format!("job-{i}"), 1, EventStatus::Succeeded, 0)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events").fetch_one(&pool).await.unwrap();
+    assert_eq!(committed, 0, "the batch must still be open when the hub is killed");
+    hub.kill9();
+    let _hub = s.hub("").await;
+    wait_count(&pool, "SELECT count(*) FROM jobs WHERE status = 'succeeded'", 50).await;
+    wait_count(&pool, "SELECT count(*) FROM job_events", 50).await;
+    s.cleanup().await;
+}
+
+fn heartbeat(worker: &str, sent_at: chrono::DateTime<chrono::Utc>) -> Heartbeat {
+    Heartbeat {
+        schema: HEARTBEAT_SCHEMA.into(),
+        worker_id: worker.into(),
+        host: "gpu-a".into(),
+        version: "0.1.0".into(),
+        state: WorkerState::Ready,
+        sent_at,
+        slots: [("video".to_string(), SlotUsage { total: 1, busy: 0 })].into(),
+        models_loaded: Vec::new(),
+        gpus: Vec::new(),
+        downgrade: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_heartbeats_mark_a_worker_lost() {
+    let s = setup("hub-stale").await;
+    let _hub = s.hub("[registry]\nheartbeat_stale_s = 2\ncheck_interval_ms = 200\n").await;
+    let pool = pg(&s.schema).await;
+    let send = |worker: &'static str, at| {
+        let body = serde_json::to_vec(&heartbeat(worker, at)).unwrap();
+        let key = format!("worker.heartbeat.{worker}");
+        let s = &s;
+        async move { s.publish(&key, &body).await }
+    };
+    send("alive", chrono::Utc::now()).await;
+    send("silent", chrono::Utc::now()).await;
+    wait_count(&pool, "SELECT count(*) FROM workers WHERE NOT lost", 2).await;
+    // `alive` keeps beating; `silent` stops.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send("alive", chrono::Utc::now()).await;
+    }
+    wait_count(&pool, "SELECT count(*) FROM workers WHERE lost AND worker_id = 'silent'", 1).await;
+    wait_count(&pool, "SELECT count(*) FROM workers WHERE NOT lost AND worker_id = 'alive'", 1).await;
+    // A heartbeat brings a lost worker back; an older (reordered) one never overwrites a newer one.
+    send("silent", chrono::Utc::now()).await;
+    wait_count(&pool, "SELECT count(*) FROM workers WHERE NOT lost AND worker_id = 'silent'", 1).await;
+    send("silent", chrono::Utc::now() - chrono::Duration::seconds(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let age: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - last_heartbeat_at)::float8 FROM workers WHERE worker_id = 'silent'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(age < 10.0, "an older heartbeat overwrote a newer one (age {age} s)");
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_by_a_worker_end_in_postgres() {
+    let s = setup("hub-e2e").await;
+    let _hub = s.hub("").await;
+    let bucket = s.prefix.to_lowercase();
+    let s3 = s3().await;
+    create_bucket(&s3, &bucket).await;
+    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, free_port(), ""));
+    worker.wait_ready().await;
+    for kind in [JobKind::Llm, JobKind::Audio] {
+        publish_job(
+            &s.channel,
+            &s.prefix,
+            kind,
+            &job(kind, &format!("e2e-{kind}"), small_params(kind), serde_json::json!({})),
+        )
+        .await;
+    }
+    let pool = pg(&s.schema).await;
+    wait_count(&pool, "SELECT count(*) FROM jobs WHERE status = 'succeeded' AND outputs IS NOT NULL", 2).await;
+    wait_count(&pool, "SELECT count(*) FROM workers WHERE state = 'ready'", 1).await;
+    worker.kill9();
+    delete_topology(&s.channel, &s.prefix, 3).await;
+    delete_bucket(&s3, &bucket).await;
+    s.cleanup().await;
+}
