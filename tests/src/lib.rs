@@ -399,6 +399,36 @@ pub async fn wait_queue_len(channel: &Channel, queue: &str, n: u32, within: Dura
     }
 }
 
+/// Publishes a control command to one worker (`worker.<id>`) or all (`worker.all`).
+pub async fn send_control(channel: &Channel, prefix: &str, target: &str, command: ainern2d_contract::ControlCommand) {
+    let control = ainern2d_contract::Control {
+        schema: ainern2d_contract::CONTROL_SCHEMA.into(),
+        command_id: uuid::Uuid::new_v4().to_string(),
+        issued_at: chrono::Utc::now(),
+        command,
+    };
+    let confirm = channel
+        .basic_publish(
+            format!("{prefix}.control").as_str().into(),
+            format!("worker.{target}").as_str().into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&control).unwrap(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
+/// The worker's state as its `/ready` endpoint reports it.
+pub async fn worker_state(http_port: u16) -> String {
+    let body: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{http_port}/ready")).await.unwrap().json().await.unwrap();
+    body["state"].as_str().unwrap_or_default().to_string()
+}
+
 /// A job body for `kind` with the given id and output prefix.
 pub fn job(kind: JobKind, job_id: &str, params: serde_json::Value, inputs: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

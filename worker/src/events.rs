@@ -43,6 +43,11 @@ impl Emitter {
         }
     }
 
+    pub fn with_downgrade(mut self, profile: Option<String>) -> Self {
+        self.downgrade = profile;
+        self
+    }
+
     pub fn with_trace(mut self, traceparent: Option<String>) -> Self {
         self.traceparent = traceparent;
         self

@@ -70,7 +70,7 @@ pub fn build(shared: &Shared) -> Heartbeat {
         slots,
         models_loaded: Vec::new(),
         gpus: shared.gpus.stats(),
-        downgrade: None,
+        downgrade: shared.downgrade().map(|d| d.name),
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
-use ainern2d_contract::{ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, parse_job};
+use ainern2d_contract::{
+    ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, WorkerState, parse_job,
+};
 use ainern2d_pipelines::{Artifact, CancellationToken, PipelineErrorKind, ProgressSink, RunRequest};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -77,6 +79,11 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         in_flight.dec();
     });
 
+    // Prefetched before a cordon or drain took effect: give it back untouched, another worker takes it.
+    if matches!(shared.state(), WorkerState::Cordoned | WorkerState::Draining | WorkerState::Drained) {
+        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+        return;
+    }
     let job = match parse_job(&delivery.data) {
         Ok(job) if job.kind() != kind => {
             Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind())))
@@ -95,7 +102,13 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         attempt,
         &shared.config.worker_id,
     )
-    .with_trace(job.traceparent.clone());
+    .with_trace(job.traceparent.clone())
+    .with_downgrade(shared.downgrade().map(|d| d.name));
+    if shared.take_cancelled(&job.job_id) {
+        tracing::info!(job_id = %job.job_id, "cancelled before it was delivered; not running it");
+        let cancelled = Err(Stop::Interrupted(Interruption::Requested));
+        return finish(&shared, &ctx, &emitter, &job, attempt, &delivery, cancelled).await;
+    }
     // A redelivered (or retried) job may already have run to completion: re-announce that outcome (same
     // event id) rather than producing a second object or a conflicting event.
     if (delivery.redelivered || attempt > 1)
@@ -108,11 +121,27 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
 
     let span = tracing::info_span!("job", job_id = %job.job_id, %kind, attempt);
     async {
-        let result = run(&shared, &ctx, &emitter, &job, attempt, received).await;
+        let cancel = ctx.abort.child_token();
+        shared.running.lock().expect("running lock").insert(job.job_id.clone(), cancel.clone());
+        let result = run(&shared, &ctx, &emitter, &job, attempt, received, &cancel).await.map_err(|stop| match stop {
+            // The pipeline only knows it was cancelled; the session knows why.
+            Stop::Interrupted(_) => Stop::Interrupted(why_cancelled(&ctx)),
+            failed => failed,
+        });
+        shared.running.lock().expect("running lock").remove(&job.job_id);
         finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result).await;
     }
     .instrument(span)
     .await;
+}
+
+/// Why a job's token fired: the session's abort (shutdown, lost connection) or a `cancel` command.
+fn why_cancelled(ctx: &SessionCtx) -> Interruption {
+    if ctx.abort.is_cancelled() {
+        ctx.abort_reason.get().copied().unwrap_or(Interruption::Shutdown)
+    } else {
+        Interruption::Requested
+    }
 }
 
 /// Runs the job up to the stored outputs. The inference slot is held only around the pipeline itself, so
@@ -124,10 +153,11 @@ async fn run(
     job: &Job,
     attempt: u32,
     received: Instant,
+    cancel: &CancellationToken,
 ) -> Result<Done, Stop> {
     let kind = job.kind();
-    let cancel = ctx.abort.child_token();
-    let interrupted = || Stop::Interrupted(ctx.abort_reason.get().copied().unwrap_or(Interruption::Shutdown));
+    let interrupted = || Stop::Interrupted(why_cancelled(ctx));
+    let downgrade = shared.downgrade();
     if let Some(deadline) = job.deadline
         && deadline <= chrono::Utc::now()
     {
@@ -159,18 +189,18 @@ async fn run(
             let mut stages = Vec::new();
             let started = Instant::now();
             let inputs = match &workdir {
-                Some(dir) => fetch_inputs(shared, job, dir.path(), &cancel).await?,
+                Some(dir) => fetch_inputs(shared, job, dir.path(), cancel).await?,
                 None => BTreeMap::new(),
             };
             stages.push(("fetch", started.elapsed()));
 
             let started = Instant::now();
-            let (artifacts, workdir) = infer(shared, emitter, job, attempt, inputs, workdir, &cancel).await?;
+            let (artifacts, workdir) = infer(shared, emitter, job, attempt, inputs, workdir, downgrade, cancel).await?;
             stages.push(("inference", started.elapsed()));
             drop(permit);
 
             let started = Instant::now();
-            let outputs = upload(shared, job, &artifacts, &cancel).await?;
+            let outputs = upload(shared, job, &artifacts, cancel).await?;
             stages.push(("upload", started.elapsed()));
             if let Some(workdir) = workdir {
                 // Removing the scratch tree is file-system work: keep it off the reactor.
@@ -271,6 +301,7 @@ async fn infer(
     attempt: u32,
     inputs: BTreeMap<String, PathBuf>,
     workdir: Option<tempfile::TempDir>,
+    downgrade: Option<ainern2d_contract::DowngradeProfile>,
     cancel: &CancellationToken,
 ) -> Result<(Vec<Hashed>, Option<tempfile::TempDir>), Stop> {
     let pipeline = shared.pipelines[&job.kind()].clone();
@@ -293,7 +324,7 @@ async fn infer(
             None => None,
         };
         let path = workdir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
-        let req = RunRequest { job: &job_owned, attempt, inputs, workdir: path, downgrade: None };
+        let req = RunRequest { job: &job_owned, attempt, inputs, workdir: path, downgrade: downgrade.as_ref() };
         let artifacts = pipeline.run(&req, &ChannelSink(tx), &cancel_owned)?;
         let hashed = artifacts
             .into_iter()

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod exec;
 pub mod fetch;
@@ -48,6 +49,14 @@ pub struct Shared {
     store_ready: AtomicBool,
     state: AtomicU8,
     pub(crate) stopping: AtomicBool,
+    /// Whether consumers should hold a subscription (false while cordoned, draining or stopping).
+    pub(crate) accepting: tokio::sync::watch::Sender<bool>,
+    /// The downgrade profile applied to jobs that start from now on.
+    pub(crate) downgrade: std::sync::RwLock<Option<ainern2d_contract::DowngradeProfile>>,
+    /// Cancellation tokens of the jobs in flight, by job id.
+    pub(crate) running: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// Job ids cancelled before they were delivered here (bounded, oldest forgotten first).
+    pub(crate) cancelled: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 const STATES: [WorkerState; 6] = [
@@ -95,6 +104,10 @@ impl Shared {
             store_ready: AtomicBool::new(false),
             state: AtomicU8::new(0),
             stopping: AtomicBool::new(false),
+            accepting: tokio::sync::watch::Sender::new(true),
+            downgrade: std::sync::RwLock::new(None),
+            running: std::sync::Mutex::new(Default::default()),
+            cancelled: std::sync::Mutex::new(Default::default()),
         }))
     }
 
@@ -105,8 +118,23 @@ impl Shared {
     pub fn set_state(&self, state: WorkerState) {
         let index = STATES.iter().position(|s| *s == state).expect("every state is listed") as u8;
         self.state.store(index, Ordering::Relaxed);
-        if matches!(state, WorkerState::Draining | WorkerState::Drained | WorkerState::Stopping) {
-            self.stopping.store(true, Ordering::Relaxed);
+        self.accepting.send_replace(matches!(state, WorkerState::Starting | WorkerState::Ready));
+    }
+
+    /// The downgrade profile in force now.
+    pub fn downgrade(&self) -> Option<ainern2d_contract::DowngradeProfile> {
+        self.downgrade.read().expect("downgrade lock").clone()
+    }
+
+    /// Whether a job was cancelled before it reached this worker (and forgets it: it is handled once).
+    pub(crate) fn take_cancelled(&self, job_id: &str) -> bool {
+        let mut cancelled = self.cancelled.lock().expect("cancelled lock");
+        match cancelled.iter().position(|id| id == job_id) {
+            Some(i) => {
+                cancelled.remove(i);
+                true
+            }
+            None => false,
         }
     }
 

@@ -127,10 +127,19 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
         shared.set_state(WorkerState::Ready);
     }
     let heartbeat = tokio::spawn(crate::heartbeat::run(shared.clone(), publisher.clone(), lost.clone()));
+    let control = tokio::spawn(crate::control::run(
+        shared.clone(),
+        conn.clone(),
+        publisher.clone(),
+        jobs.clone(),
+        lost.clone(),
+        lost_reason.clone(),
+    ));
     tracing::info!(kinds = ?shared.config.jobs.kinds, "consuming");
 
     let end = tokio::select! {
         _ = shutdown.cancelled() => {
+            shared.stopping.store(true, Ordering::Relaxed);
             // Stop new deliveries at once; prefetched-but-unstarted messages return to the queue when the
             // channel closes.
             shared.set_state(WorkerState::Draining);
@@ -161,6 +170,7 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
     };
     shared.broker_up(false);
     heartbeat.abort();
+    control.abort();
     let _ = conn.close(200, "worker stopping".into()).await;
     end
 }
@@ -191,7 +201,16 @@ async fn consume(
     }
     let queue = shared.topology.job_queue(kind);
     let mut generation = 0u32;
+    let mut accepting = shared.accepting.subscribe();
     loop {
+        // Cordoned or draining: hold no subscription until told otherwise.
+        while !*accepting.borrow_and_update() {
+            tokio::select! {
+                _ = accepting.changed() => {}
+                _ = stop.cancelled() => return,
+                _ = lost.cancelled() => return,
+            }
+        }
         let tag = format!("{}.{kind}.{generation}", shared.config.worker_id);
         generation += 1;
         let mut consumer = match channel
@@ -206,33 +225,38 @@ async fn consume(
             Ok(c) => c,
             Err(e) => return fail(format!("subscribing to {queue}: {e}")),
         };
-        loop {
+        let cancelled_by_broker = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     return;
                 }
                 _ = lost.cancelled() => return,
+                _ = accepting.changed() => {
+                    if !*accepting.borrow() {
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        break false;
+                    }
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         jobs.spawn(handle(shared.clone(), ctx.clone(), kind, delivery));
                     }
                     Some(Err(e)) => return fail(format!("consuming {queue}: {e}")),
-                    None => break,
+                    None => break true,
                 }
             }
-        }
-        if stop.is_cancelled() || lost.is_cancelled() {
+        };
+        if stop.is_cancelled() || lost.is_cancelled() || shared.stopping.load(Ordering::Relaxed) {
             return;
         }
-        // The broker cancelled our consumer (queue deleted, consumer timeout, node maintenance): subscribe
-        // again rather than going quiet. If the channel is gone too, basic_consume fails and the session
-        // reconnects.
-        shared.metrics.consumer_resubscribes.inc();
-        tracing::warn!(%queue, "the broker cancelled the consumer; re-subscribing");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if shared.stopping.load(Ordering::Relaxed) {
-            return;
+        if cancelled_by_broker {
+            // The broker cancelled our consumer (queue deleted, consumer timeout, node maintenance):
+            // subscribe again rather than going quiet. If the channel is gone too, basic_consume fails and
+            // the session reconnects.
+            shared.metrics.consumer_resubscribes.inc();
+            tracing::warn!(%queue, "the broker cancelled the consumer; re-subscribing");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }
