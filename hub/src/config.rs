@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyConfig;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub broker: BrokerConfig,
@@ -19,7 +19,25 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub http: HttpConfig,
     pub policy: PolicyConfig,
+    /// Downgrade profiles by name; `policy.gpu.profile` names the one sent to hot workers.
+    pub profiles: Vec<ainern2d_contract::DowngradeProfile>,
+    pub alerts: AlertsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Alertmanager-compatible endpoint (`POST /api/v2/alerts`) that receives every policy decision; empty: none.
+    pub webhook_url: String,
+    /// How often the backlog of every job queue is sampled.
+    pub sample_interval_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { webhook_url: String::new(), sample_interval_ms: 30_000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,6 +130,28 @@ impl Default for LogConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: BrokerConfig::default(),
+            database: DatabaseConfig::default(),
+            ingest: IngestConfig::default(),
+            registry: RegistryConfig::default(),
+            http: HttpConfig::default(),
+            policy: PolicyConfig::default(),
+            profiles: vec![ainern2d_contract::DowngradeProfile {
+                name: "gpu-hot".into(),
+                video_max_steps: Some(12),
+                video_max_pixels: Some(640 * 360),
+                llm_max_tokens: Some(512),
+                ..Default::default()
+            }],
+            alerts: AlertsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
 pub const ENV_PREFIX: &str = "AINERN2D_HUB_";
 
 impl Config {
@@ -166,7 +206,17 @@ impl Config {
         if !["auto", "json", "pretty"].contains(&self.log.format.as_str()) {
             return bad("log.format", "must be auto, json or pretty");
         }
+        if !self.profiles.iter().any(|p| p.name == self.policy.gpu.profile) {
+            return bad("policy.gpu.profile", "names no profile in `profiles`");
+        }
+        if !self.alerts.webhook_url.is_empty() && !self.alerts.webhook_url.starts_with("http") {
+            return bad("alerts.webhook_url", "must be an http(s) URL");
+        }
         self.policy.validate()
+    }
+
+    pub fn profile(&self, name: &str) -> Option<&ainern2d_contract::DowngradeProfile> {
+        self.profiles.iter().find(|p| p.name == name)
     }
 
     pub fn to_masked_toml(&self) -> String {
@@ -203,6 +253,7 @@ mod tests {
             ("[ingest]\nbatch_max = 5000", "ingest.prefetch"),
             ("[policy.gpu]\nclear_pct = 99.0", "policy.gpu.clear_pct"),
             ("[policy.gpu]\nhigh = 3", "high"),
+            ("[policy.gpu]\nprofile = \"nope\"", "policy.gpu.profile"),
         ] {
             let err = Config::from_toml(toml).unwrap_err();
             assert!(err.contains(key), "{toml:?} -> {err}");

@@ -89,6 +89,9 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
             FieldTable::default(),
         )
         .await?;
+    let control = conn.create_channel().await?;
+    control.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
+    *hub.control.lock().await = Some(control);
     hub.broker_up(true);
     tracing::info!(%queue, "ingesting events");
     let wait = Duration::from_millis(cfg.ingest.batch_wait_ms);

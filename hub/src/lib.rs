@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ainern2d_contract::Heartbeat;
+use ainern2d_contract::{CONTROL_SCHEMA, Control, ControlCommand, Heartbeat};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,9 @@ pub struct Hub {
     pub policy: Mutex<Policy>,
     broker_connected: AtomicBool,
     db_ok: AtomicBool,
+    /// A confirm-mode channel for control commands, set by the ingestion session.
+    pub(crate) control: Mutex<Option<lapin::Channel>>,
+    http: reqwest::Client,
 }
 
 impl Hub {
@@ -48,6 +51,8 @@ impl Hub {
             metrics: Metrics::new(),
             broker_connected: AtomicBool::new(false),
             db_ok: AtomicBool::new(true),
+            control: Mutex::new(None),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("static client config"),
         }))
     }
 
@@ -101,7 +106,136 @@ impl Hub {
         if let Err(e) = db::record_decision(&self.pool, at, &subject, &value, &reason).await {
             tracing::warn!("could not record a policy decision: {e}");
         }
+        let command = match &decision {
+            Decision::Downgrade { worker_id, profile, .. } => match self.config.profile(profile) {
+                Some(p) => Some((worker_id, ControlCommand::ApplyDowngrade { profile: p.clone() })),
+                None => None,
+            },
+            Decision::ClearDowngrade { worker_id, .. } => Some((worker_id, ControlCommand::ClearDowngrade)),
+            _ => None,
+        };
+        if let Some((worker_id, command)) = command {
+            match &command {
+                ControlCommand::ApplyDowngrade { .. } => self.metrics.downgraded_workers.inc(),
+                _ => self.metrics.downgraded_workers.dec(),
+            };
+            if let Err(e) = self.send_control(&format!("worker.{worker_id}"), command).await {
+                tracing::warn!(%worker_id, "could not send the policy's control command: {e}");
+            }
+        }
+        self.notify(at, &decision, &subject, &reason).await;
     }
+
+    /// Publishes a control command with a publisher confirm.
+    pub async fn send_control(&self, routing_key: &str, command: ControlCommand) -> anyhow::Result<()> {
+        let control = Control {
+            schema: CONTROL_SCHEMA.into(),
+            command_id: uuid::Uuid::new_v4().to_string(),
+            issued_at: chrono::Utc::now(),
+            command,
+        };
+        let channel =
+            self.control.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
+        let exchange = ainern2d_contract::topology::Topology::new(self.config.broker.prefix.clone()).control_exchange();
+        let confirm = channel
+            .basic_publish(
+                exchange.as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                &serde_json::to_vec(&control)?,
+                lapin::BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirm.is_ack(), "the broker refused the control command");
+        Ok(())
+    }
+
+    /// Sends a decision to the Alertmanager-compatible webhook, if configured.
+    async fn notify(&self, at: chrono::DateTime<chrono::Utc>, decision: &Decision, subject: &str, reason: &str) {
+        let url = &self.config.alerts.webhook_url;
+        if url.is_empty() {
+            return;
+        }
+        let (name, resolved) = match decision {
+            Decision::Downgrade { .. } => ("GpuDowngrade", false),
+            Decision::ClearDowngrade { .. } => ("GpuDowngrade", true),
+            Decision::ScaleOut { .. } => ("BacklogScaleOut", false),
+            Decision::ScaleOutCleared { .. } => ("BacklogScaleOut", true),
+            Decision::Alert { rule, firing, .. } => {
+                (if rule == "success_rate" { "RunSuccessRateLow" } else { "EndToEndP95High" }, !firing)
+            }
+        };
+        let mut alert = serde_json::json!({
+            "labels": {"alertname": name, "subject": subject, "service": "ainern2d-hub", "severity": "warning"},
+            "annotations": {"summary": reason, "decision": decision},
+            "startsAt": at.to_rfc3339(),
+        });
+        if resolved {
+            alert["endsAt"] = at.to_rfc3339().into();
+        }
+        match self.http.post(url).json(&[alert]).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::warn!("alert webhook answered {}", r.status()),
+            Err(e) => tracing::warn!("alert webhook failed: {e}"),
+        }
+    }
+}
+
+/// Samples every job queue's backlog (ready, by passive declare, plus in flight, from the jobs table) and the
+/// replicas serving each kind, for the backlog rule and the autoscaling gauges.
+pub async fn watch_backlog(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let topo = ainern2d_contract::topology::Topology::new(hub.config.broker.prefix.clone());
+    loop {
+        if let Err(e) = sample_backlog(&hub, &topo).await {
+            tracing::debug!("backlog sample skipped: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(hub.config.alerts.sample_interval_ms)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(&hub.config.broker.url, lapin::ConnectionProperties::default()).await?;
+    let now = chrono::Utc::now();
+    for kind in ainern2d_contract::JobKind::ALL {
+        // A passive declare of a missing queue closes the channel: one channel per queue.
+        let ch = conn.create_channel().await?;
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let Ok(queue) = ch.queue_declare(topo.job_queue(kind).as_str().into(), passive, Default::default()).await
+        else {
+            continue;
+        };
+        let in_flight: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1 AND status IN ('accepted', 'running')")
+                .bind(kind.as_str())
+                .fetch_one(&hub.pool)
+                .await?;
+        let replicas: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE NOT lost AND slots ? $1")
+            .bind(kind.as_str())
+            .fetch_one(&hub.pool)
+            .await?;
+        let backlog = u64::from(queue.message_count()) + in_flight as u64;
+        let label = metrics::KindLabel { kind: kind.as_str().into() };
+        hub.metrics.backlog.get_or_create(&label).set(backlog as i64);
+        let decision = {
+            let mut policy = hub.policy.lock().await;
+            let d = policy.backlog_sample(now, kind.as_str(), backlog, replicas as u64);
+            hub.metrics.desired_replicas.get_or_create(&label).set(policy.desired_replicas(
+                kind.as_str(),
+                backlog,
+                replicas as u64,
+            ) as i64);
+            d
+        };
+        if let Some(d) = decision {
+            hub.record(now, d).await;
+        }
+    }
+    let _ = conn.close(200, "sampled".into()).await;
+    Ok(())
 }
 
 /// Marks workers lost when their heartbeat is older than `registry.heartbeat_stale_s`.
@@ -134,8 +268,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, hub.clone(), http_stop.clone()));
     let registry = tokio::spawn(watch_registry(hub.clone(), shutdown.clone()));
+    let backlog = tokio::spawn(watch_backlog(hub.clone(), shutdown.clone()));
     ingest::run(hub.clone(), shutdown).await;
     let _ = registry.await;
+    let _ = backlog.await;
     http_stop.cancel();
     let _ = http.await;
     hub.pool.close().await;

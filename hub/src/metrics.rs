@@ -1,10 +1,23 @@
 //! Prometheus metrics, prefixed `ainern2d_hub_`.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 pub struct Metrics {
+    /// Ready + in-flight jobs per kind, as last sampled.
+    pub backlog: Family<KindLabel, Gauge>,
+    /// What an autoscaler should run per kind (current replicas while the backlog rule is quiet).
+    pub desired_replicas: Family<KindLabel, Gauge>,
+    pub downgraded_workers: Gauge,
     pub registry: Registry,
     pub events_applied: Counter,
     pub events_ignored: Counter,
@@ -20,6 +33,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ainern2d_hub");
         let m = Metrics {
+            backlog: Family::default(),
+            desired_replicas: Family::default(),
+            downgraded_workers: Gauge::default(),
             events_applied: Counter::default(),
             events_ignored: Counter::default(),
             events_duplicate: Counter::default(),
@@ -50,6 +66,17 @@ impl Metrics {
         registry.register("workers_lost", "Workers marked lost for missing heartbeats", m.workers_lost.clone());
         registry.register("policy_decisions", "Fleet policy decisions", m.decisions.clone());
         registry.register("ingest_batch_seconds", "Time to write one batch of events", m.batch_seconds.clone());
+        registry.register("backlog", "Ready plus in-flight jobs per kind", m.backlog.clone());
+        registry.register(
+            "desired_replicas",
+            "Worker replicas the fleet policy asks for, per kind",
+            m.desired_replicas.clone(),
+        );
+        registry.register(
+            "downgraded_workers",
+            "Workers running under a downgrade profile",
+            m.downgraded_workers.clone(),
+        );
         Metrics { registry, ..m }
     }
 

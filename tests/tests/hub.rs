@@ -220,3 +220,80 @@ async fn jobs_run_by_a_worker_end_in_postgres() {
     delete_bucket(&s3, &bucket).await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sixteen_minute_trace_over_92_percent_downgrades_the_worker_and_the_worker_applies_it() {
+    use std::sync::{Arc, Mutex};
+    // An Alertmanager stand-in that records what it receives.
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(body) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = setup("hub-downgrade").await;
+    let _hub = s.hub(&format!("[alerts]\nwebhook_url = \"{webhook}\"\n")).await;
+    let bucket = s.prefix.to_lowercase();
+    let s3 = s3().await;
+    create_bucket(&s3, &bucket).await;
+    let port = free_port();
+    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, port, ""));
+    worker.wait_ready().await;
+    let worker_id = format!("{}-w{port}", s.prefix);
+
+    // The synthetic trace: GPU telemetry at 95% every 30 s for 16 minutes, under the real worker's id.
+    let start = chrono::Utc::now() - chrono::Duration::minutes(16);
+    for i in 0..=32 {
+        let mut hb = heartbeat(&worker_id, start + chrono::Duration::seconds(30 * i));
+        hb.gpus = vec![ainern2d_contract::GpuStats {
+            index: 0,
+            name: "synthetic".into(),
+            uuid: "GPU-test".into(),
+            utilization_pct: 95,
+            memory_used_bytes: 1,
+            memory_total_bytes: 2,
+            temperature_c: None,
+            power_w: None,
+        }];
+        s.publish(&format!("worker.heartbeat.{worker_id}"), &serde_json::to_vec(&hb).unwrap()).await;
+    }
+    let pool = pg(&s.schema).await;
+    wait_count(&pool, "SELECT count(*) FROM policy_decisions WHERE decision->>'decision' = 'downgrade'", 1).await;
+    let reason: String = sqlx::query_scalar("SELECT reason FROM policy_decisions").fetch_one(&pool).await.unwrap();
+    assert!(reason.contains("above 92%") && reason.contains("15 min"), "{reason}");
+
+    // The worker applied the profile: the next job runs under it and says so.
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let id = format!("after-{}", Instant::now().elapsed().as_nanos());
+        publish_job(
+            &s.channel,
+            &s.prefix,
+            JobKind::Llm,
+            &job(JobKind::Llm, &id, small_params(JobKind::Llm), serde_json::json!({})),
+        )
+        .await;
+        let event = tap.terminal(&id, T).await;
+        if event.downgrade.as_deref() == Some("gpu-hot") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never applied the downgrade:\n{}", worker.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let alerts = received.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0][0]["labels"]["alertname"], "GpuDowngrade");
+    assert_eq!(alerts[0][0]["labels"]["subject"], worker_id.as_str());
+    worker.kill9();
+    delete_topology(&s.channel, &s.prefix, 3).await;
+    delete_bucket(&s3, &bucket).await;
+    s.cleanup().await;
+}
