@@ -107,10 +107,9 @@ impl Hub {
             tracing::warn!("could not record a policy decision: {e}");
         }
         let command = match &decision {
-            Decision::Downgrade { worker_id, profile, .. } => match self.config.profile(profile) {
-                Some(p) => Some((worker_id, ControlCommand::ApplyDowngrade { profile: p.clone() })),
-                None => None,
-            },
+            Decision::Downgrade { worker_id, profile, .. } => {
+                self.config.profile(profile).map(|p| (worker_id, ControlCommand::ApplyDowngrade { profile: p.clone() }))
+            }
             Decision::ClearDowngrade { worker_id, .. } => Some((worker_id, ControlCommand::ClearDowngrade)),
             _ => None,
         };
