@@ -22,7 +22,18 @@ pub struct Config {
     /// Downgrade profiles by name; `policy.gpu.profile` names the one sent to hot workers.
     pub profiles: Vec<ainern2d_contract::DowngradeProfile>,
     pub alerts: AlertsConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// File holding the admin token for mutating endpoints; `AINERN2D_HUB_ADMIN_TOKEN` is used when empty.
+    /// With neither, every mutating endpoint answers 401.
+    pub admin_token_file: String,
+    /// When not empty, mutating endpoints accept only these client addresses.
+    pub allowed_ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +158,7 @@ impl Default for Config {
                 ..Default::default()
             }],
             alerts: AlertsConfig::default(),
+            api: ApiConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -1,4 +1,4 @@
-//! `/health`, `/ready` and `/metrics`.
+//! `/health`, `/ready`, `/metrics` and the `/v1` API (`api`).
 
 use std::sync::Arc;
 
@@ -12,15 +12,23 @@ use tokio_util::sync::CancellationToken;
 use crate::Hub;
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    let token = crate::api::load_admin_token(&hub);
+    if token.is_none() {
+        tracing::warn!(
+            "no admin token (api.admin_token_file or AINERN2D_HUB_ADMIN_TOKEN): mutating endpoints answer 401"
+        );
+    }
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router(hub.clone(), token))
         .with_state(hub)
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
-    if let Err(e) = axum::serve(listener, router(hub)).with_graceful_shutdown(stop.cancelled_owned()).await {
+    let app = router(hub).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
         tracing::error!("http server stopped: {e}");
     }
 }

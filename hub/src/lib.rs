@@ -4,6 +4,7 @@
 //! The hub must never link inference code (candle, ort, FFmpeg); it knows the contract, the broker and the
 //! database.
 
+pub mod api;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -123,6 +124,22 @@ impl Hub {
             }
         }
         self.notify(at, &decision, &subject, &reason).await;
+    }
+
+    /// Publishes a message with a publisher confirm on the hub's channel.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: lapin::BasicProperties,
+    ) -> anyhow::Result<()> {
+        let channel =
+            self.control.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
+        let confirm =
+            channel.basic_publish(exchange.into(), routing_key.into(), Default::default(), body, props).await?.await?;
+        anyhow::ensure!(confirm.is_ack(), "the broker refused the message");
+        Ok(())
     }
 
     /// Publishes a control command with a publisher confirm.

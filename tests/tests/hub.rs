@@ -297,3 +297,92 @@ async fn a_sixteen_minute_trace_over_92_percent_downgrades_the_worker_and_the_wo
     delete_bucket(&s3, &bucket).await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_submits_reads_lists_streams_and_controls_and_guards_every_mutation() {
+    let s = setup("hub-api").await;
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "s3cret-token\n").unwrap();
+    let hub = s.hub(&format!("[api]\nadmin_token_file = \"{}\"\n", token_file.path().display())).await;
+    let base = format!("http://127.0.0.1:{}", hub.http_port);
+    let bucket = s.prefix.to_lowercase();
+    let s3 = s3().await;
+    create_bucket(&s3, &bucket).await;
+    let port = free_port();
+    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, port, ""));
+    worker.wait_ready().await;
+    let worker_id = format!("{}-w{port}", s.prefix);
+    let http = reqwest::Client::new();
+    let body = job(JobKind::Audio, "api-1", small_params(JobKind::Audio), serde_json::json!({}));
+
+    // Every mutating endpoint: 401 without a token and with a wrong one.
+    let mutations = [
+        format!("{base}/v1/jobs"),
+        format!("{base}/v1/jobs/api-1/cancel"),
+        format!("{base}/v1/workers/{worker_id}/cordon"),
+        format!("{base}/v1/workers/{worker_id}/uncordon"),
+        format!("{base}/v1/workers/{worker_id}/drain"),
+    ];
+    for url in &mutations {
+        for auth in [None, Some("Bearer wrong"), Some("s3cret-token")] {
+            let mut req = http.post(url).body(body.clone());
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            assert_eq!(req.send().await.unwrap().status(), 401, "{url} with {auth:?}");
+        }
+    }
+    let admin = |req: reqwest::RequestBuilder| req.header("authorization", "Bearer s3cret-token");
+
+    // Submit: validated, recorded, published; the worker runs it; the hub records the outcome.
+    let mut bad = serde_json::from_slice::<serde_json::Value>(&body).unwrap();
+    bad["params"]["sample_rate"] = 3.into();
+    let r = admin(http.post(format!("{base}/v1/jobs")).json(&bad)).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["field"], "params.sample_rate");
+    let r = admin(http.post(format!("{base}/v1/jobs")).body(body.clone())).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        admin(http.post(format!("{base}/v1/jobs")).body(body.clone())).send().await.unwrap().status(),
+        200,
+        "idempotent"
+    );
+    let pool = pg(&s.schema).await;
+    wait_count(&pool, "SELECT count(*) FROM jobs WHERE job_id = 'api-1' AND status = 'succeeded'", 1).await;
+    let got: serde_json::Value = http.get(format!("{base}/v1/jobs/api-1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["status"], "succeeded");
+    assert!(got["submitted_at"].is_string() && got["outputs"][0]["key"].is_string(), "{got}");
+    assert_eq!(http.get(format!("{base}/v1/jobs/nope")).send().await.unwrap().status(), 404);
+    let list: serde_json::Value = http
+        .get(format!("{base}/v1/jobs?status=succeeded&kind=audio&limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
+    // The event stream of a finished job replays its events and ends.
+    let sse = http.get(format!("{base}/v1/jobs/api-1/events")).send().await.unwrap().text().await.unwrap();
+    assert!(sse.contains("event: succeeded"), "{sse}");
+    assert_eq!(admin(http.post(format!("{base}/v1/jobs/api-1/cancel"))).send().await.unwrap().status(), 409);
+
+    // Workers: listed, cordoned through the API (the worker obeys), uncordoned.
+    wait_count(&pool, &format!("SELECT count(*) FROM workers WHERE worker_id = '{worker_id}'"), 1).await;
+    let workers: serde_json::Value = http.get(format!("{base}/v1/workers")).send().await.unwrap().json().await.unwrap();
+    assert!(workers["workers"].as_array().unwrap().iter().any(|w| w["worker_id"] == worker_id.as_str()));
+    assert_eq!(admin(http.post(format!("{base}/v1/workers/{worker_id}/cordon"))).send().await.unwrap().status(), 202);
+    let deadline = Instant::now() + T;
+    while worker_state(port).await != "cordoned" {
+        assert!(Instant::now() < deadline, "the worker did not obey the API's cordon");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(admin(http.post(format!("{base}/v1/workers/{worker_id}/uncordon"))).send().await.unwrap().status(), 202);
+    assert_eq!(admin(http.post(format!("{base}/v1/workers/ghost/drain"))).send().await.unwrap().status(), 404);
+    let policy: serde_json::Value = http.get(format!("{base}/v1/policy")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(policy["config"]["gpu"]["high_pct"], 92.0);
+    worker.kill9();
+    delete_topology(&s.channel, &s.prefix, 3).await;
+    delete_bucket(&s3, &bucket).await;
+    s.cleanup().await;
+}
