@@ -175,7 +175,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        // Variables of the same prefix that are not config keys (the config path, the admin token).
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|key| !matches!(key.as_str().to_ascii_lowercase().as_str(), "admin_token" | "config"))
+            .split("__");
+        Self::extract(figment.merge(env))
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
@@ -270,6 +274,19 @@ mod tests {
             let err = Config::from_toml(toml).unwrap_err();
             assert!(err.contains(key), "{toml:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn the_token_and_config_path_variables_are_not_config_keys() {
+        // figment's Jail gives the closure its own environment.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AINERN2D_HUB_ADMIN_TOKEN", "t");
+            jail.set_env("AINERN2D_HUB_CONFIG", "/nowhere.toml");
+            jail.set_env("AINERN2D_HUB_INGEST__BATCH_MAX", "7");
+            let c = Config::load(None).map_err(|e| figment::Error::from(e))?;
+            assert_eq!(c.ingest.batch_max, 7);
+            Ok(())
+        });
     }
 
     #[test]

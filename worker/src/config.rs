@@ -278,7 +278,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        // Variables of the same prefix that are not config keys (the config path, the admin token).
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|key| !matches!(key.as_str().to_ascii_lowercase().as_str(), "config"))
+            .split("__");
+        Self::extract(figment.merge(env))
     }
 
     /// Parses a TOML document alone (tests).
