@@ -277,13 +277,14 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn the_token_and_config_path_variables_are_not_config_keys() {
         // figment's Jail gives the closure its own environment.
         figment::Jail::expect_with(|jail| {
             jail.set_env("AINERN2D_HUB_ADMIN_TOKEN", "t");
             jail.set_env("AINERN2D_HUB_CONFIG", "/nowhere.toml");
             jail.set_env("AINERN2D_HUB_INGEST__BATCH_MAX", "7");
-            let c = Config::load(None).map_err(|e| figment::Error::from(e))?;
+            let c = Config::load(None).map_err(figment::Error::from)?;
             assert_eq!(c.ingest.batch_max, 7);
             Ok(())
         });
