@@ -386,3 +386,52 @@ async fn the_api_submits_reads_lists_streams_and_controls_and_guards_every_mutat
     delete_bucket(&s3, &bucket).await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sustained_backlog_produces_a_scale_out_signal_and_a_desired_replicas_gauge() {
+    let s = setup("hub-backlog").await;
+    // No worker consumes: 12 queued video jobs stay above a threshold of 5 for the 1 s window.
+    let queue = format!("{}.jobs.video", s.prefix);
+    s.channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions { durable: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    for i in 0..12 {
+        s.channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                Default::default(),
+                format!("{i}").as_bytes(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let hub = s
+        .hub("[alerts]\nsample_interval_ms = 200\n[policy.backlog]\nthreshold = 5\nsustain_s = 1\nper_replica = 4\n")
+        .await;
+    let pool = pg(&s.schema).await;
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM policy_decisions WHERE decision->>'decision' = 'scale_out' AND subject = 'video'",
+        1,
+    )
+    .await;
+    let decision: serde_json::Value =
+        sqlx::query_scalar("SELECT decision FROM policy_decisions").fetch_one(&pool).await.unwrap();
+    assert_eq!(decision["backlog"], 12);
+    assert_eq!(decision["desired_replicas"], 3, "ceil(12 / 4)");
+    let metrics =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", hub.http_port)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ainern2d_hub_desired_replicas{kind=\"video\"} 3"), "{metrics}");
+    assert!(metrics.contains("ainern2d_hub_backlog{kind=\"video\"} 12"), "{metrics}");
+    let _ = s.channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    s.cleanup().await;
+}
