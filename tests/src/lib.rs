@@ -546,3 +546,63 @@ impl Drop for PrivateBroker {
         self.stop();
     }
 }
+
+/// A test's own broker prefix, bucket and connections, with the worker and job helpers the worker and
+/// control tests share. `cleanup` removes every queue, exchange and object it made.
+pub struct Bed {
+    pub prefix: String,
+    pub bucket: String,
+    pub conn: Connection,
+    pub channel: Channel,
+    pub s3: aws_sdk_s3::Client,
+}
+
+impl Bed {
+    pub async fn new(name: &str) -> Bed {
+        let prefix = unique(name);
+        let bucket = prefix.to_lowercase();
+        let s3 = s3().await;
+        create_bucket(&s3, &bucket).await;
+        let conn = connect(&amqp_url()).await;
+        let channel = confirm_channel(&conn).await;
+        Bed { prefix, bucket, conn, channel, s3 }
+    }
+
+    /// A worker config for this bed and the HTTP port it listens on.
+    pub fn config(&self, extra: &str) -> (String, u16) {
+        let port = free_port();
+        (worker_config(&amqp_url(), &self.prefix, &self.bucket, port, extra), port)
+    }
+
+    /// A ready worker.
+    pub async fn worker(&self, extra: &str) -> Worker {
+        let (config, _) = self.config(extra);
+        let mut w = Worker::spawn(&config);
+        w.wait_ready().await;
+        w
+    }
+
+    /// The id `worker_config` gives the worker listening on `http_port`.
+    pub fn worker_id(&self, http_port: u16) -> String {
+        format!("{}-w{http_port}", self.prefix)
+    }
+
+    /// Publishes a small job of `kind` with no inputs.
+    pub async fn submit(&self, kind: JobKind, id: &str) {
+        self.submit_with(kind, id, small_params(kind)).await;
+    }
+
+    pub async fn submit_with(&self, kind: JobKind, id: &str, params: serde_json::Value) {
+        publish_job(&self.channel, &self.prefix, kind, &job(kind, id, params, serde_json::json!({}))).await;
+    }
+
+    pub async fn control(&self, target: &str, command: ainern2d_contract::ControlCommand) {
+        send_control(&self.channel, &self.prefix, target, command).await;
+    }
+
+    pub async fn cleanup(self) {
+        delete_topology(&self.channel, &self.prefix, 3).await;
+        delete_bucket(&self.s3, &self.bucket).await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}

@@ -7,45 +7,17 @@ use ainern2d_tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-struct Setup {
-    prefix: String,
-    bucket: String,
-    conn: lapin::Connection,
-    channel: lapin::Channel,
-    s3: aws_sdk_s3::Client,
-}
-
-async fn setup(name: &str) -> Setup {
-    let prefix = unique(name);
-    let bucket = prefix.to_lowercase();
-    let s3 = s3().await;
-    create_bucket(&s3, &bucket).await;
-    let conn = connect(&amqp_url()).await;
-    let channel = confirm_channel(&conn).await;
-    Setup { prefix, bucket, conn, channel, s3 }
-}
-
-impl Setup {
-    /// A ready worker and its id.
-    async fn worker(&self, extra: &str) -> (Worker, String) {
-        let port = free_port();
-        let mut w = Worker::spawn(&worker_config(&amqp_url(), &self.prefix, &self.bucket, port, extra));
-        w.wait_ready().await;
-        (w, format!("{}-w{port}", self.prefix))
-    }
-
-    async fn submit(&self, kind: JobKind, id: &str, params: serde_json::Value) {
-        publish_job(&self.channel, &self.prefix, kind, &job(kind, id, params, serde_json::json!({}))).await;
-    }
-
-    async fn control(&self, target: &str, command: ControlCommand) {
-        send_control(&self.channel, &self.prefix, target, command).await;
-    }
-
-    async fn cleanup(self) {
-        delete_topology(&self.channel, &self.prefix, 3).await;
-        delete_bucket(&self.s3, &self.bucket).await;
-        let _ = self.conn.close(200, "done".into()).await;
+/// Waits until the worker's `/ready` reports this downgrade profile (or none).
+async fn wait_downgrade(port: u16, profile: Option<&str>) {
+    let deadline = Instant::now() + T;
+    loop {
+        let body: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.unwrap().json().await.unwrap();
+        if body["downgrade"].as_str() == profile {
+            return;
+        }
+        assert!(Instant::now() < deadline, "worker never reported downgrade {profile:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -59,18 +31,16 @@ async fn wait_state(port: u16, state: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cordoned_worker_takes_no_new_job_until_uncordoned() {
-    let s = setup("cordon").await;
-    let (w, id) = s.worker("").await;
+    let s = Bed::new("cordon").await;
+    let w = s.worker("").await;
+    let id = s.worker_id(w.http_port);
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     s.control(&id, ControlCommand::Cordon).await;
     wait_state(w.http_port, "cordoned").await;
-    s.submit(JobKind::Llm, "waits", small_params(JobKind::Llm)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        queue_len(&s.channel, &format!("{}.jobs.llm", s.prefix)).await,
-        1,
-        "a cordoned worker must not take the job"
-    );
+    s.submit(JobKind::Llm, "waits").await;
+    // A delivery that raced the cordon is handed back; either way the job ends up waiting in the queue.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_queue_len(&s.channel, &format!("{}.jobs.llm", s.prefix), 1, T).await;
     assert_eq!(tap.count("waits", EventStatus::Running), 0);
     s.control("all", ControlCommand::Uncordon).await;
     assert_eq!(tap.terminal("waits", T).await.status, EventStatus::Succeeded);
@@ -79,14 +49,15 @@ async fn a_cordoned_worker_takes_no_new_job_until_uncordoned() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_finishes_the_job_in_flight_takes_no_more_and_reports_drained() {
-    let s = setup("drain").await;
-    let (w, id) = s.worker("[mock]\nlatency_ms = 1500\n").await;
+    let s = Bed::new("drain").await;
+    let w = s.worker("[mock]\nlatency_ms = 1500\n").await;
+    let id = s.worker_id(w.http_port);
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    s.submit(JobKind::Llm, "in-flight", small_params(JobKind::Llm)).await;
+    s.submit(JobKind::Llm, "in-flight").await;
     tap.wait_for(T, "running", |e| e.job_id == "in-flight" && e.status == EventStatus::Running).await;
     s.control(&id, ControlCommand::Drain).await;
     wait_state(w.http_port, "draining").await;
-    s.submit(JobKind::Llm, "after-drain", small_params(JobKind::Llm)).await;
+    s.submit(JobKind::Llm, "after-drain").await;
     assert_eq!(tap.terminal("in-flight", T).await.status, EventStatus::Succeeded);
     wait_state(w.http_port, "drained").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -100,10 +71,11 @@ async fn drain_finishes_the_job_in_flight_takes_no_more_and_reports_drained() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_a_running_job_and_skips_a_queued_one() {
-    let s = setup("cancel-job").await;
-    let (w, id) = s.worker("[mock]\nlatency_ms = 60000\n").await;
+    let s = Bed::new("cancel-job").await;
+    let w = s.worker("[mock]\nlatency_ms = 60000\n").await;
+    let id = s.worker_id(w.http_port);
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    s.submit(JobKind::Llm, "long", small_params(JobKind::Llm)).await;
+    s.submit(JobKind::Llm, "long").await;
     tap.wait_for(T, "running", |e| e.job_id == "long" && e.status == EventStatus::Running).await;
     let started = Instant::now();
     s.control(&id, ControlCommand::Cancel { job_id: "long".into() }).await;
@@ -113,7 +85,7 @@ async fn cancel_stops_a_running_job_and_skips_a_queued_one() {
     // Cancelled before delivery (the worker is cordoned while the job waits in the queue).
     s.control(&id, ControlCommand::Cordon).await;
     wait_state(w.http_port, "cordoned").await;
-    s.submit(JobKind::Llm, "queued", small_params(JobKind::Llm)).await;
+    s.submit(JobKind::Llm, "queued").await;
     s.control("all", ControlCommand::Cancel { job_id: "queued".into() }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.control(&id, ControlCommand::Uncordon).await;
@@ -125,14 +97,15 @@ async fn cancel_stops_a_running_job_and_skips_a_queued_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() {
-    let s = setup("downgrade").await;
-    let (_w, id) = s.worker("").await;
+    let s = Bed::new("downgrade").await;
+    let w = s.worker("").await;
+    let id = s.worker_id(w.http_port);
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let profile = DowngradeProfile { name: "gpu-hot".into(), llm_max_tokens: Some(4), ..Default::default() };
     s.control(&id, ControlCommand::ApplyDowngrade { profile }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_downgrade(w.http_port, Some("gpu-hot")).await;
     let params = serde_json::json!({"prompt": "hello", "max_tokens": 32});
-    s.submit(JobKind::Llm, "capped", params.clone()).await;
+    s.submit_with(JobKind::Llm, "capped", params.clone()).await;
     let capped = tap.terminal("capped", T).await;
     assert_eq!(capped.downgrade.as_deref(), Some("gpu-hot"));
     let url = capped.outputs[0].presigned_url.clone().unwrap();
@@ -140,8 +113,8 @@ async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() 
     assert_eq!(body["usage"]["completion_tokens"], 4, "{body}");
 
     s.control(&id, ControlCommand::ClearDowngrade).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.submit(JobKind::Llm, "full", params).await;
+    wait_downgrade(w.http_port, None).await;
+    s.submit_with(JobKind::Llm, "full", params).await;
     let full = tap.terminal("full", T).await;
     assert_eq!(full.downgrade, None);
     let body: serde_json::Value =

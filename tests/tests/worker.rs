@@ -23,52 +23,9 @@ mod sha2_free {
 
 const T: Duration = Duration::from_secs(60);
 
-struct Setup {
-    prefix: String,
-    bucket: String,
-    conn: lapin::Connection,
-    channel: lapin::Channel,
-    s3: aws_sdk_s3::Client,
-}
-
-async fn setup(name: &str) -> Setup {
-    let prefix = unique(name);
-    let bucket = prefix.to_lowercase();
-    let s3 = s3().await;
-    create_bucket(&s3, &bucket).await;
-    let conn = connect(&amqp_url()).await;
-    let channel = confirm_channel(&conn).await;
-    Setup { prefix, bucket, conn, channel, s3 }
-}
-
-impl Setup {
-    /// Publishes a small job of `kind` with no inputs.
-    async fn submit(&self, kind: JobKind, id: &str) {
-        publish_job(&self.channel, &self.prefix, kind, &job(kind, id, small_params(kind), serde_json::json!({}))).await;
-    }
-
-    fn config(&self, extra: &str) -> (String, u16) {
-        let port = free_port();
-        (worker_config(&amqp_url(), &self.prefix, &self.bucket, port, extra), port)
-    }
-
-    async fn worker(&self, extra: &str) -> Worker {
-        let (config, _) = self.config(extra);
-        let mut w = Worker::spawn(&config);
-        w.wait_ready().await;
-        w
-    }
-
-    async fn cleanup(self, retry_levels: usize) {
-        delete_topology(&self.channel, &self.prefix, retry_levels).await;
-        delete_bucket(&self.s3, &self.bucket).await;
-        let _ = self.conn.close(200, "done".into()).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_of_each_kind_ends_as_an_object_and_a_succeeded_event() {
-    let s = setup("kinds").await;
+    let s = Bed::new("kinds").await;
     let media = repo_root().join("examples/media");
     for (name, file) in [("face.mp4", "face.mp4"), ("line.wav", "line.wav"), ("still.png", "still.png")] {
         let body = aws_sdk_s3::primitives::ByteStream::from_path(media.join(file)).await.unwrap();
@@ -126,12 +83,12 @@ async fn a_job_of_each_kind_ends_as_an_object_and_a_succeeded_event() {
         reqwest::get(format!("http://127.0.0.1:{}/metrics", w.http_port)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ainern2d_worker_jobs_total{kind=\"video\",outcome=\"succeeded\"} 1"), "{metrics}");
     w.kill9();
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_field() {
-    let s = setup("invalid").await;
+    let s = Bed::new("invalid").await;
     let _w = s.worker("").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let mut bad = serde_json::from_slice::<serde_json::Value>(&job(
@@ -177,12 +134,12 @@ async fn an_invalid_message_is_dead_lettered_with_a_failed_event_naming_the_fiel
         other => panic!("reason header is {other:?}"),
     };
     assert!(reason.contains("params.width"), "{reason}");
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
-    let s = setup("retry").await;
+    let s = Bed::new("retry").await;
     let _w = s.worker("[jobs]\nmax_attempts = 3\nretry_delays_ms = [400, 800]\n[mock]\nfailure_rate = 1.0\nfailure = \"retryable\"\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     s.submit(JobKind::Llm, "flaky").await;
@@ -206,12 +163,12 @@ async fn a_retryable_failure_is_retried_with_backoff_then_dead_lettered() {
     assert!(gap2 >= 350 && gap3 >= 750, "backoff gaps {gap2} ms and {gap3} ms");
     let dead = format!("{}.dead", s.prefix);
     wait_queue_len(&s.channel, &dead, 1, T).await;
-    s.cleanup(2).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_redelivered_after_its_worker_was_killed_produces_one_object_and_one_outcome() {
-    let s = setup("kill").await;
+    let s = Bed::new("kill").await;
     let mut slow = s.worker("[mock]\nlatency_ms = 4000\n").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     s.submit(JobKind::Video, "survivor").await;
@@ -226,13 +183,13 @@ async fn a_job_redelivered_after_its_worker_was_killed_produces_one_object_and_o
     assert_eq!(terminal, 1, "{:?}", tap.seen);
     assert_eq!(list_keys(&s.s3, &s.bucket, "out/survivor/").await, vec!["out/survivor/video.mp4".to_string()]);
     assert_eq!(queue_len(&s.channel, &format!("{}.jobs.video", s.prefix)).await, 0);
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_job_whose_outputs_are_stored_is_not_run_again() {
     // The worker died after uploading but before acking: the redelivery re-announces the same outcome.
-    let s = setup("replay").await;
+    let s = Bed::new("replay").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let mut first = s.worker("").await;
     s.submit(JobKind::Audio, "once").await;
@@ -263,12 +220,12 @@ async fn a_redelivered_job_whose_outputs_are_stored_is_not_run_again() {
     assert_eq!(replay.outputs[0].sha256, done.outputs[0].sha256);
     assert_eq!(tap.count("once", EventStatus::Running), 1, "the replay must not run the pipeline again");
     assert_eq!(list_keys(&s.s3, &s.bucket, "out/once/").await.len(), 1);
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_job_loses_nothing() {
-    let s = setup("sigterm").await;
+    let s = Bed::new("sigterm").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     // Within the grace period: the in-flight job finishes, the worker exits 0.
     let mut w = s.worker("[mock]\nlatency_ms = 1500\n[shutdown]\ngrace_s = 20\n").await;
@@ -292,7 +249,7 @@ async fn sigterm_during_a_job_loses_nothing() {
     assert!(tap.seen.iter().all(|e| !(e.job_id == "requeued" && e.status.is_terminal())));
     let _next = s.worker("").await;
     assert_eq!(tap.terminal("requeued", T).await.status, EventStatus::Succeeded);
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,7 +276,7 @@ async fn hostile_input_urls_are_refused_with_a_clear_error() {
         );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let s = setup("ssrf").await;
+    let s = Bed::new("ssrf").await;
     // `localhost` is trusted here only so the test server is reachable at all: every refusal below is of an
     // address the job chose, and the control job proves the server itself is fine.
     let _w = s.worker("[fetch]\nallow_http = true\ntrusted_hosts = [\"localhost\"]\n").await;
@@ -355,12 +312,12 @@ async fn hostile_input_urls_are_refused_with_a_clear_error() {
             }
         }
     }
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_side_consumer_cancel_is_recovered_from() {
-    let s = setup("cancel").await;
+    let s = Bed::new("cancel").await;
     let w = s.worker("").await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     // Deleting the queue makes the broker cancel the worker's consumer.
@@ -397,7 +354,7 @@ async fn a_broker_side_consumer_cancel_is_recovered_from() {
     }
     s.submit(JobKind::Audio, "after-cancel").await;
     assert_eq!(tap.terminal("after-cancel", T).await.status, EventStatus::Succeeded, "{}", w.logs());
-    s.cleanup(3).await;
+    s.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -436,7 +393,7 @@ async fn the_worker_keeps_consuming_after_the_broker_restarts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the_lifecycle_delay() {
-    let s = setup("lifecycle").await;
+    let s = Bed::new("lifecycle").await;
     let (config, _) = s.config("[jobs.slots]\nllm = 1\n[mock]\nlatency_ms = 400\n");
     let mut w = Worker::spawn(&config.replace("lifecycle_delay_ms = 0", "lifecycle_delay_ms = 50"));
     w.wait_ready().await;
@@ -453,5 +410,5 @@ async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the
     // Both ran longer than the 50 ms lifecycle delay, so both reported `running`.
     assert_eq!((tap.count("first", EventStatus::Running), tap.count("second", EventStatus::Running)), (1, 1));
     w.kill9();
-    s.cleanup(3).await;
+    s.cleanup().await;
 }

@@ -41,6 +41,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unavailable" },
         "state": state,
+        "downgrade": shared.downgrade().map(|d| d.name),
         "components": {
             "broker": word(broker),
             "store": word(store),
