@@ -48,6 +48,23 @@ impl Setup {
         assert!(confirm.is_ack());
     }
 
+    /// A ready worker on this test's prefix, with its own bucket; returns it with its id and HTTP port.
+    async fn worker(&self) -> (Worker, String, u16) {
+        create_bucket(&s3().await, &self.prefix.to_lowercase()).await;
+        let port = free_port();
+        let mut worker =
+            Worker::spawn(&worker_config(&amqp_url(), &self.prefix, &self.prefix.to_lowercase(), port, ""));
+        worker.wait_ready().await;
+        (worker, format!("{}-w{port}", self.prefix), port)
+    }
+
+    /// Stops the worker and removes the queues and the bucket it used.
+    async fn stop_worker(&self, mut worker: Worker) {
+        worker.kill9();
+        delete_topology(&self.channel, &self.prefix, 3).await;
+        delete_bucket(&s3().await, &self.prefix.to_lowercase()).await;
+    }
+
     async fn send(&self, event: &Event) {
         self.publish(&event.routing_key(), &serde_json::to_vec(event).unwrap()).await;
     }
@@ -198,11 +215,7 @@ async fn stale_heartbeats_mark_a_worker_lost() {
 async fn jobs_run_by_a_worker_end_in_postgres() {
     let s = setup("hub-e2e").await;
     let _hub = s.hub("").await;
-    let bucket = s.prefix.to_lowercase();
-    let s3 = s3().await;
-    create_bucket(&s3, &bucket).await;
-    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, free_port(), ""));
-    worker.wait_ready().await;
+    let (worker, _, _) = s.worker().await;
     for kind in [JobKind::Llm, JobKind::Audio] {
         publish_job(
             &s.channel,
@@ -215,9 +228,7 @@ async fn jobs_run_by_a_worker_end_in_postgres() {
     let pool = pg(&s.schema).await;
     wait_count(&pool, "SELECT count(*) FROM jobs WHERE status = 'succeeded' AND outputs IS NOT NULL", 2).await;
     wait_count(&pool, "SELECT count(*) FROM workers WHERE state = 'ready'", 1).await;
-    worker.kill9();
-    delete_topology(&s.channel, &s.prefix, 3).await;
-    delete_bucket(&s3, &bucket).await;
+    s.stop_worker(worker).await;
     s.cleanup().await;
 }
 
@@ -240,13 +251,7 @@ async fn a_sixteen_minute_trace_over_92_percent_downgrades_the_worker_and_the_wo
 
     let s = setup("hub-downgrade").await;
     let _hub = s.hub(&format!("[alerts]\nwebhook_url = \"{webhook}\"\n")).await;
-    let bucket = s.prefix.to_lowercase();
-    let s3 = s3().await;
-    create_bucket(&s3, &bucket).await;
-    let port = free_port();
-    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, port, ""));
-    worker.wait_ready().await;
-    let worker_id = format!("{}-w{port}", s.prefix);
+    let (worker, worker_id, _) = s.worker().await;
 
     // The synthetic trace: GPU telemetry at 95% every 30 s for 16 minutes, under the real worker's id.
     let start = chrono::Utc::now() - chrono::Duration::minutes(16);
@@ -292,9 +297,7 @@ async fn a_sixteen_minute_trace_over_92_percent_downgrades_the_worker_and_the_wo
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0][0]["labels"]["alertname"], "GpuDowngrade");
     assert_eq!(alerts[0][0]["labels"]["subject"], worker_id.as_str());
-    worker.kill9();
-    delete_topology(&s.channel, &s.prefix, 3).await;
-    delete_bucket(&s3, &bucket).await;
+    s.stop_worker(worker).await;
     s.cleanup().await;
 }
 
@@ -305,13 +308,7 @@ async fn the_api_submits_reads_lists_streams_and_controls_and_guards_every_mutat
     std::fs::write(token_file.path(), "s3cret-token\n").unwrap();
     let hub = s.hub(&format!("[api]\nadmin_token_file = \"{}\"\n", token_file.path().display())).await;
     let base = format!("http://127.0.0.1:{}", hub.http_port);
-    let bucket = s.prefix.to_lowercase();
-    let s3 = s3().await;
-    create_bucket(&s3, &bucket).await;
-    let port = free_port();
-    let mut worker = Worker::spawn(&worker_config(&amqp_url(), &s.prefix, &bucket, port, ""));
-    worker.wait_ready().await;
-    let worker_id = format!("{}-w{port}", s.prefix);
+    let (worker, worker_id, port) = s.worker().await;
     let http = reqwest::Client::new();
     let body = job(JobKind::Audio, "api-1", small_params(JobKind::Audio), serde_json::json!({}));
 
@@ -381,9 +378,7 @@ async fn the_api_submits_reads_lists_streams_and_controls_and_guards_every_mutat
     assert_eq!(admin(http.post(format!("{base}/v1/workers/ghost/drain"))).send().await.unwrap().status(), 404);
     let policy: serde_json::Value = http.get(format!("{base}/v1/policy")).send().await.unwrap().json().await.unwrap();
     assert_eq!(policy["config"]["gpu"]["high_pct"], 92.0);
-    worker.kill9();
-    delete_topology(&s.channel, &s.prefix, 3).await;
-    delete_bucket(&s3, &bucket).await;
+    s.stop_worker(worker).await;
     s.cleanup().await;
 }
 
