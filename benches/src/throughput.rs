@@ -170,7 +170,12 @@ async fn worker_run(
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let topo = Topology::new(prefix);
-    ainern2d_worker::broker::declare_topology(&ch, &topo, &[JobKind::Llm], &[1000]).await?;
+    {
+        use ainern2d_queue::Broker;
+        let session = ainern2d_queue::amqp::AmqpBroker::new(args.amqp.clone()).connect("bench setup").await?;
+        ainern2d_worker::broker::declare_topology(session.as_ref(), &topo, &[JobKind::Llm], &[1000]).await?;
+        session.close().await;
+    }
     let tap = ch
         .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
         .await?;

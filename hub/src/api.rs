@@ -123,15 +123,11 @@ async fn submit(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> ApiResu
         }
         return Ok((StatusCode::OK, Json(serde_json::json!({"job_id": job.job_id, "duplicate": true}))).into_response());
     }
-    let mut headers = lapin::types::FieldTable::default();
-    headers.insert(ATTEMPT_HEADER.into(), lapin::types::AMQPValue::LongLongInt(1));
-    let props = lapin::BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_priority(job.priority)
-        .with_headers(headers);
+    let message = ainern2d_queue::Message::json(body)
+        .with_priority(Some(job.priority))
+        .with_header(ATTEMPT_HEADER, ainern2d_queue::HeaderValue::Int(1));
     let queue = Topology::new(hub.config.broker.prefix.clone()).job_queue(job.kind());
-    if let Err(e) = hub.publish("", &queue, &body, props).await {
+    if let Err(e) = hub.publish("", &queue, &message).await {
         // Not enqueued: forget the row so the client can retry the same submission.
         let _ = sqlx::query("DELETE FROM jobs WHERE job_id = $1 AND status = 'queued'")
             .bind(&job.job_id)

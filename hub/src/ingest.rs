@@ -7,13 +7,7 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{Event, Heartbeat};
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use ainern2d_queue::{ExchangeKind, QueueSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Hub, db};
@@ -30,6 +24,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             Ok(()) => break,
             Err(e) => {
                 hub.broker_up(false);
+                *hub.session.lock().await = None;
                 tracing::warn!("event ingestion interrupted: {e}; reconnecting in {backoff:?}");
                 tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => break }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -37,68 +32,35 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         }
     }
     hub.broker_up(false);
+    if let Some(session) = hub.session.lock().await.take() {
+        session.close().await;
+    }
 }
 
 async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let cfg = &hub.config;
-    let conn = Connection::connect(
-        &cfg.broker.url,
-        ConnectionProperties::default().with_connection_name("ainern2d-hub".into()),
-    )
-    .await?;
-    let ch = conn.create_channel().await?;
+    let session = hub.broker.connect("ainern2d-hub").await?;
     let topo = Topology::new(cfg.broker.prefix.clone());
     let events = topo.events_exchange();
-    ch.exchange_declare(
-        events.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.exchange_declare(
-        topo.control_exchange().as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await?;
-    let queue = queue_name(&cfg.broker.prefix);
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await?;
+    session.declare_exchange(&events, ExchangeKind::Topic).await?;
+    session.declare_exchange(&topo.control_exchange(), ExchangeKind::Topic).await?;
+    let queue = session.declare_queue(&QueueSpec::durable(queue_name(&cfg.broker.prefix))).await?;
     for key in ["job.#", "worker.heartbeat.#"] {
-        ch.queue_bind(
-            queue.as_str().into(),
-            events.as_str().into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        session.bind(&queue, &events, key).await?;
     }
-    ch.basic_qos(cfg.ingest.prefetch, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "ainern2d-hub".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let control = conn.create_channel().await?;
-    control.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
-    *hub.control.lock().await = Some(control);
+    let mut consumer = session.subscribe(&queue, "ainern2d-hub", cfg.ingest.prefetch).await?;
+    let lost = session.lost();
+    *hub.session.lock().await = Some(session.clone());
     hub.broker_up(true);
-    tracing::info!(%queue, "ingesting events");
+    tracing::info!(%queue, broker = %hub.broker.describe(), "ingesting events");
     let wait = Duration::from_millis(cfg.ingest.batch_wait_ms);
     loop {
         let first = tokio::select! {
             d = consumer.next() => d,
             _ = shutdown.cancelled() => return Ok(()),
+            _ = lost.cancelled() => {
+                anyhow::bail!(session.lost_reason().unwrap_or_else(|| "the broker session was lost".into()))
+            }
         };
         let Some(first) = first else { anyhow::bail!("the broker cancelled the hub's consumer") };
         let mut batch = vec![first?];
@@ -113,10 +75,10 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
         let mut events = Vec::with_capacity(batch.len());
         let mut heartbeats = Vec::new();
         for d in &batch {
-            let parsed = if d.routing_key.as_str().starts_with("worker.heartbeat.") {
-                serde_json::from_slice::<Heartbeat>(&d.data).map(|h| heartbeats.push(h))
+            let parsed = if d.routing_key.starts_with("worker.heartbeat.") {
+                serde_json::from_slice::<Heartbeat>(&d.message.body).map(|h| heartbeats.push(h))
             } else {
-                serde_json::from_slice::<Event>(&d.data).map(|e| events.push(e))
+                serde_json::from_slice::<Event>(&d.message.body).map(|e| events.push(e))
             };
             if let Err(e) = parsed {
                 // A message that is not an event can never be applied: count it and let it go with the batch.
@@ -142,7 +104,7 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
             }
         };
         let last = batch.last().expect("a batch has at least one delivery");
-        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        last.acker.ack(true).await?;
         hub.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         hub.metrics.events_applied.inc_by(stats.applied);
         hub.metrics.events_ignored.inc_by(stats.ignored);

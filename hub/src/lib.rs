@@ -1,8 +1,8 @@
 //! The ainern2d hub: the system of record for jobs and workers. It consumes the workers' events into
 //! Postgres, keeps the worker registry, and enforces the fleet policy.
 //!
-//! The hub must never link inference code (candle, ort, FFmpeg); it knows the contract, the broker and the
-//! database.
+//! The hub must never link inference code (candle, ort, FFmpeg); it knows the contract, the job-queue
+//! boundary (`ainern2d-queue`) and the database.
 
 pub mod api;
 pub mod config;
@@ -34,8 +34,10 @@ pub struct Hub {
     pub policy: Mutex<Policy>,
     broker_connected: AtomicBool,
     db_ok: AtomicBool,
-    /// A confirm-mode channel for control commands, set by the ingestion session.
-    pub(crate) control: Mutex<Option<lapin::Channel>>,
+    /// Where jobs, control commands and events travel (RabbitMQ, or in-process in the local mode).
+    pub broker: Arc<dyn ainern2d_queue::Broker>,
+    /// The ingestion session, also used to publish jobs and control commands (with confirms).
+    pub(crate) session: Mutex<Option<Arc<dyn ainern2d_queue::Session>>>,
     http: reqwest::Client,
 }
 
@@ -45,6 +47,7 @@ impl Hub {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to database.url: {e}"))?;
         db::migrate(&pool).await?;
+        let config_broker_url = config.broker.url.clone();
         Ok(Arc::new(Hub {
             policy: Mutex::new(Policy::new(config.policy.clone())),
             config,
@@ -52,7 +55,8 @@ impl Hub {
             metrics: Metrics::new(),
             broker_connected: AtomicBool::new(false),
             db_ok: AtomicBool::new(true),
-            control: Mutex::new(None),
+            broker: Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config_broker_url)),
+            session: Mutex::new(None),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("static client config"),
         }))
     }
@@ -126,19 +130,11 @@ impl Hub {
         self.notify(at, &decision, &subject, &reason).await;
     }
 
-    /// Publishes a message with a publisher confirm on the hub's channel.
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: lapin::BasicProperties,
-    ) -> anyhow::Result<()> {
-        let channel =
-            self.control.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
-        let confirm =
-            channel.basic_publish(exchange.into(), routing_key.into(), Default::default(), body, props).await?.await?;
-        anyhow::ensure!(confirm.is_ack(), "the broker refused the message");
+    /// Publishes a message with a publisher confirm on the hub's session.
+    pub async fn publish(&self, exchange: &str, routing_key: &str, message: &ainern2d_queue::Message) -> anyhow::Result<()> {
+        let session =
+            self.session.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
+        session.publish(exchange, routing_key, message).await?;
         Ok(())
     }
 
@@ -150,21 +146,11 @@ impl Hub {
             issued_at: chrono::Utc::now(),
             command,
         };
-        let channel =
-            self.control.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
         let exchange = ainern2d_contract::topology::Topology::new(self.config.broker.prefix.clone()).control_exchange();
-        let confirm = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.into(),
-                Default::default(),
-                &serde_json::to_vec(&control)?,
-                lapin::BasicProperties::default().with_content_type("application/json".into()),
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(confirm.is_ack(), "the broker refused the control command");
-        Ok(())
+        let mut message = ainern2d_queue::Message::json(serde_json::to_vec(&control)?);
+        // Commands are for the workers alive now; a broker restart may forget them.
+        message.persistent = false;
+        self.publish(&exchange, routing_key, &message).await
     }
 
     /// Sends a decision to the Alertmanager-compatible webhook, if configured.
@@ -214,16 +200,10 @@ pub async fn watch_backlog(hub: Arc<Hub>, shutdown: CancellationToken) {
 }
 
 async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(&hub.config.broker.url, lapin::ConnectionProperties::default()).await?;
+    let session = hub.session.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
     let now = chrono::Utc::now();
     for kind in ainern2d_contract::JobKind::ALL {
-        // A passive declare of a missing queue closes the channel: one channel per queue.
-        let ch = conn.create_channel().await?;
-        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let Ok(queue) = ch.queue_declare(topo.job_queue(kind).as_str().into(), passive, Default::default()).await
-        else {
-            continue;
-        };
+        let Some(ready) = session.queue_depth(&topo.job_queue(kind)).await? else { continue };
         let in_flight: i64 =
             sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1 AND status IN ('accepted', 'running')")
                 .bind(kind.as_str())
@@ -233,7 +213,7 @@ async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology)
             .bind(kind.as_str())
             .fetch_one(&hub.pool)
             .await?;
-        let backlog = u64::from(queue.message_count()) + in_flight as u64;
+        let backlog = u64::from(ready) + in_flight as u64;
         let label = metrics::KindLabel { kind: kind.as_str().into() };
         hub.metrics.backlog.get_or_create(&label).set(backlog as i64);
         let decision = {
@@ -250,7 +230,6 @@ async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology)
             hub.record(now, d).await;
         }
     }
-    let _ = conn.close(200, "sampled".into()).await;
     Ok(())
 }
 
@@ -280,7 +259,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", config.http.listen))?;
     let hub = Hub::connect(config).await?;
-    tracing::info!(listen = %listener.local_addr()?, "ainern2d hub starting");
+    run(hub, listener, shutdown).await
+}
+
+/// Runs a built hub (HTTP API on `listener`, event ingestion, registry and backlog watchers) until
+/// `shutdown`.
+pub async fn run(hub: Arc<Hub>, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(listen = %listener.local_addr()?, broker = %hub.broker.describe(), "ainern2d hub starting");
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, hub.clone(), http_stop.clone()));
     let registry = tokio::spawn(watch_registry(hub.clone(), shutdown.clone()));

@@ -1,15 +1,11 @@
 //! Commands from the hub or an operator on the control exchange (`worker.<id>` and `worker.all`):
 //! cordon / uncordon, drain, cancel a job, apply / clear a downgrade profile.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ainern2d_contract::{CONTROL_SCHEMA, Control, ControlCommand, WorkerState};
-use futures_util::StreamExt;
-use lapin::Connection;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use tokio_util::sync::CancellationToken;
+use ainern2d_queue::QueueSpec;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
@@ -18,64 +14,34 @@ use crate::broker::Publisher;
 /// How many cancelled-but-not-yet-seen job ids a worker remembers.
 const REMEMBERED_CANCELS: usize = 10_000;
 
-pub async fn run(
-    shared: Arc<Shared>,
-    conn: Arc<Connection>,
-    publisher: Publisher,
-    jobs: TaskTracker,
-    lost: CancellationToken,
-    lost_reason: Arc<OnceLock<String>>,
-) {
-    let fail = |why: String| {
-        let _ = lost_reason.set(why);
-        lost.cancel();
-    };
+/// Consumes this worker's control commands until the session is lost; `fail` reports why it stopped.
+pub async fn run(shared: Arc<Shared>, session: Publisher, jobs: TaskTracker, fail: impl Fn(String)) {
     let setup = async {
-        let ch = conn.create_channel().await?;
-        let queue = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
+        // A queue of this session's own: commands are for live workers, not for whoever connects next.
+        let queue = session.declare_queue(&QueueSpec { exclusive: true, ..Default::default() }).await?;
         let exchange = shared.topology.control_exchange();
         for key in [format!("worker.{}", shared.config.worker_id), "worker.all".to_string()] {
-            ch.queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            session.bind(&queue, &exchange, &key).await?;
         }
-        let consumer = ch
-            .basic_consume(
-                queue.name().clone(),
-                "control".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok::<_, lapin::Error>(consumer)
+        session.subscribe(&queue, "control", 0).await
     };
-    let mut consumer = match setup.await {
-        Ok(c) => c,
+    let mut subscription = match setup.await {
+        Ok(s) => s,
         Err(e) => return fail(format!("subscribing to control commands: {e}")),
     };
-    while let Some(delivery) = consumer.next().await {
+    while let Some(delivery) = subscription.next().await {
         let delivery = match delivery {
             Ok(d) => d,
             Err(e) => return fail(format!("control consumer: {e}")),
         };
-        match serde_json::from_slice::<Control>(&delivery.data) {
-            Ok(control) if control.schema == CONTROL_SCHEMA => apply(&shared, &publisher, &jobs, control.command).await,
+        match serde_json::from_slice::<Control>(&delivery.message.body) {
+            Ok(control) if control.schema == CONTROL_SCHEMA => apply(&shared, &session, &jobs, control.command).await,
             Ok(control) => tracing::warn!(schema = %control.schema, "ignoring a control message of an unknown schema"),
             Err(e) => tracing::warn!("ignoring a malformed control message: {e}"),
         }
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        let _ = delivery.acker.ack(false).await;
     }
+    fail("the broker cancelled the control consumer".into());
 }
 
 /// Applies one command. Pure state changes plus, for `drain`, a watcher that reports `drained`.
@@ -115,10 +81,8 @@ pub async fn apply(shared: &Arc<Shared>, publisher: &Publisher, jobs: &TaskTrack
                 }
             }
         }
-        ControlCommand::ApplyDowngrade { profile } => {
-            *shared.downgrade.write().expect("downgrade lock") = Some(profile)
-        }
-        ControlCommand::ClearDowngrade => *shared.downgrade.write().expect("downgrade lock") = None,
+        ControlCommand::ApplyDowngrade { profile } => shared.set_downgrade(Some(profile)),
+        ControlCommand::ClearDowngrade => shared.set_downgrade(None),
     }
     crate::heartbeat::send(shared, publisher).await;
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use ainern2d_contract::{ErrorInfo, Event, EventStatus, JobKind, OutputObject, Progress};
 
-use crate::broker::{BrokerError, Publisher, persistent_json};
+use ainern2d_queue::Message;
+
+use crate::broker::{BrokerError, Publisher};
 
 #[derive(Clone)]
 pub struct Emitter {
@@ -69,12 +71,12 @@ impl Emitter {
 
     async fn send(&self, event: &Event, confirm: bool) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(event).expect("events serialize");
-        let props = persistent_json().with_message_id(event.event_id.as_str().into());
+        let message = Message::json(body).with_message_id(event.event_id.as_str());
         let key = event.routing_key();
         if confirm {
-            self.publisher.publish(&self.exchange, &key, &body, props).await
+            self.publisher.publish(&self.exchange, &key, &message).await
         } else {
-            self.publisher.publish_nowait(&self.exchange, &key, &body, props).await
+            self.publisher.publish_nowait(&self.exchange, &key, &message).await
         }
     }
 

@@ -10,7 +10,9 @@ use ainern2d_contract::{GpuStats, HEARTBEAT_SCHEMA, Heartbeat, SlotUsage};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::broker::{Publisher, persistent_json};
+use ainern2d_queue::Message;
+
+use crate::broker::Publisher;
 
 /// NVML, opened once. `None` when the library or a GPU is absent.
 pub struct Gpus(Option<nvml_wrapper::Nvml>);
@@ -55,9 +57,8 @@ pub fn build(shared: &Shared) -> Heartbeat {
         .kinds
         .iter()
         .map(|k| {
-            let total = shared.config.slots(*k);
-            let free = shared.slots[k].available_permits() as u32;
-            (k.as_str().to_string(), SlotUsage { total, busy: total.saturating_sub(free) })
+            let (total, busy) = shared.slots[k].usage();
+            (k.as_str().to_string(), SlotUsage { total, busy })
         })
         .collect();
     Heartbeat {
@@ -78,7 +79,7 @@ pub async fn send(shared: &Shared, publisher: &Publisher) {
     let heartbeat = build(shared);
     let body = serde_json::to_vec(&heartbeat).expect("heartbeats serialize");
     let key = Topology::heartbeat_routing_key(&shared.config.worker_id);
-    if let Err(e) = publisher.publish_nowait(&shared.topology.events_exchange(), &key, &body, persistent_json()).await {
+    if let Err(e) = publisher.publish_nowait(&shared.topology.events_exchange(), &key, &Message::json(body)).await {
         tracing::debug!("heartbeat not sent: {e}");
     }
 }

@@ -10,14 +10,12 @@ use ainern2d_contract::{
     ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, WorkerState, parse_job,
 };
 use ainern2d_pipelines::{Artifact, CancellationToken, PipelineErrorKind, ProgressSink, RunRequest};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
+use ainern2d_queue::{Delivery, HeaderValue};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::broker::{BrokerError, Publisher, header_u32, headers_with, persistent_json, text};
+use crate::broker::{BrokerError, Publisher};
 use crate::events::Emitter;
 use crate::fetch::FetchError;
 use crate::lifecycle::{Disposition, Interruption, Outcome, dispose};
@@ -72,7 +70,7 @@ fn ms(d: Duration) -> f64 {
 
 pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, delivery: Delivery) {
     let received = Instant::now();
-    let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let attempt = delivery.message.header_u32(ATTEMPT_HEADER).unwrap_or(1).max(1);
     let in_flight = shared.metrics.in_flight.get_or_create(&Metrics::kind(kind.as_str())).clone();
     in_flight.inc();
     let _in_flight = scopeguard(move || {
@@ -81,10 +79,10 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
 
     // Prefetched before a cordon or drain took effect: give it back untouched, another worker takes it.
     if matches!(shared.state(), WorkerState::Cordoned | WorkerState::Draining | WorkerState::Drained) {
-        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+        let _ = delivery.acker.nack(true).await;
         return;
     }
-    let job = match parse_job(&delivery.data) {
+    let job = match parse_job(&delivery.message.body) {
         Ok(job) if job.kind() != kind => {
             Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind())))
         }
@@ -171,12 +169,12 @@ async fn run(
     let mut timings = BTreeMap::new();
     let work = async {
         // `accepted` says "taken, waiting for a slot": it is only news when the job has to wait.
-        let permit = match shared.slots[&kind].clone().try_acquire_owned() {
+        let permit = match shared.slots[&kind].semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 let _ = emitter.lifecycle(EventStatus::Accepted).await;
                 tokio::select! {
-                    p = shared.slots[&kind].clone().acquire_owned() => p.expect("slot semaphores are never closed"),
+                    p = shared.slots[&kind].semaphore.clone().acquire_owned() => p.expect("slot semaphores are never closed"),
                     _ = cancel.cancelled() => return Err(interrupted()),
                 }
             }
@@ -500,15 +498,10 @@ async fn finish(
             }
             Disposition::Retry { next_attempt, level } => {
                 let f = failure.expect("a retry follows a failure");
-                let headers = headers_with(
-                    &delivery.properties,
-                    &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next_attempt.into()))],
-                );
-                let mut props = persistent_json().with_headers(headers);
-                if let Some(p) = delivery.properties.priority() {
-                    props = props.with_priority(*p);
-                }
-                ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &delivery.data, props).await?;
+                // The copy keeps the job's headers and priority; only the attempt changes.
+                let mut copy = delivery.message.clone().with_header(ATTEMPT_HEADER, HeaderValue::Int(next_attempt.into()));
+                copy.persistent = true;
+                ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &copy).await?;
                 shared.metrics.retries.get_or_create(&Metrics::kind(kind.as_str())).inc();
                 let error = ErrorInfo {
                     code: f.code,
@@ -531,10 +524,7 @@ async fn finish(
                 emitter.outcome(status, Vec::new(), Some(error), BTreeMap::new()).await?;
                 ack(delivery).await
             }
-            Disposition::Requeue => {
-                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                Ok(())
-            }
+            Disposition::Requeue => delivery.acker.nack(true).await,
             Disposition::Abandon => Ok(()),
         }
     }
@@ -549,8 +539,7 @@ async fn finish(
 }
 
 async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
+    delivery.acker.ack(false).await
 }
 
 async fn dead_letter(
@@ -561,17 +550,15 @@ async fn dead_letter(
     code: ErrorCode,
     reason: &str,
 ) -> Result<(), BrokerError> {
-    let headers = headers_with(
-        &delivery.properties,
-        &[
-            (REASON_HEADER, text(reason)),
-            (ERROR_CODE_HEADER, text(code.as_str())),
-            (ATTEMPT_HEADER, AMQPValue::LongLongInt(attempt.into())),
-        ],
-    );
-    ctx.publisher
-        .publish(&shared.topology.dead_letter_exchange(), "", &delivery.data, persistent_json().with_headers(headers))
-        .await
+    let mut copy = delivery
+        .message
+        .clone()
+        .with_header(REASON_HEADER, HeaderValue::Text(reason.to_string()))
+        .with_header(ERROR_CODE_HEADER, HeaderValue::Text(code.as_str().to_string()))
+        .with_header(ATTEMPT_HEADER, HeaderValue::Int(attempt.into()));
+    copy.persistent = true;
+    copy.content_type = Some("application/json".into());
+    ctx.publisher.publish(&shared.topology.dead_letter_exchange(), "", &copy).await
 }
 
 /// A message that is not a valid job: dead-lettered at once with a `failed` event naming the problem.
@@ -585,13 +572,13 @@ async fn reject_invalid(
 ) {
     // Use the job id when it is readable and safe; otherwise a stable id derived from the body, so a
     // redelivery of the same bad message reports under the same id.
-    let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+    let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.message.body)
         .ok()
         .and_then(|v| v.get("job_id").and_then(|j| j.as_str()).map(str::to_owned))
         .filter(|id| {
             !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(&delivery.data))[..16]));
+        .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(&delivery.message.body))[..16]));
     tracing::warn!(%job_id, %kind, "invalid job message dead-lettered: {err}");
     let emitter = Emitter::new(
         ctx.publisher.clone(),

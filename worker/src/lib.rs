@@ -1,7 +1,9 @@
 //! The ainern2d worker: pulls jobs from RabbitMQ, runs them through a pipeline, stores the outputs in S3 and
 //! publishes result events. See `ARCHITECTURE.md` for the map.
 //!
-//! Only this crate knows lapin and aws-sdk-s3; pipelines see local files, the contract sees bytes.
+//! The broker is reached through the job-queue boundary (`ainern2d-queue`: RabbitMQ or in-process) and
+//! the artifact store through `store::ArtifactStore` (S3 or a local directory); pipelines see local files,
+//! the contract sees bytes. Only this crate knows aws-sdk-s3.
 
 pub mod broker;
 pub mod config;
@@ -16,6 +18,8 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod runner;
 pub mod s3;
+pub mod slots;
+pub mod standalone;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -26,7 +30,6 @@ use std::time::Duration;
 use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{JobKind, WorkerState};
 use ainern2d_pipelines::{MockPipeline, NoopPipeline, Pipeline};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Config, StoreKind};
@@ -37,12 +40,13 @@ use crate::store::{ArtifactStore, LocalStore};
 /// State shared by every task of the daemon.
 pub struct Shared {
     pub config: Config,
+    pub broker: Arc<dyn ainern2d_queue::Broker>,
     pub topology: Topology,
     pub store: Arc<dyn ArtifactStore>,
     pub fetcher: Fetcher,
     pub pipelines: BTreeMap<JobKind, Arc<dyn Pipeline>>,
-    /// Inference slots per kind.
-    pub slots: BTreeMap<JobKind, Arc<Semaphore>>,
+    /// Inference slots per kind (a downgrade profile may lower them).
+    pub slots: BTreeMap<JobKind, slots::Slots>,
     pub metrics: Metrics,
     pub gpus: heartbeat::Gpus,
     broker_connected: AtomicBool,
@@ -69,12 +73,26 @@ const STATES: [WorkerState; 6] = [
 ];
 
 impl Shared {
+    /// The daemon's parts as the config names them: RabbitMQ at `broker.url`, the configured store.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let store: Arc<dyn ArtifactStore> = match config.store.kind {
             StoreKind::S3 => Arc::new(s3::S3Store::new(&config.store)),
             StoreKind::Local => Arc::new(LocalStore::new(config.store.local_dir.clone())),
         };
-        let fetcher = Fetcher::new(&config.fetch, Some(store.clone()), None);
+        let broker = Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config.broker.url.clone()));
+        Self::with_parts(config, broker, store, None)
+    }
+
+    /// The daemon over a given broker and store (the local mode passes the in-process ones).
+    /// `local_inputs`: the directory relative input paths are read from (the local mode only; the daemon
+    /// refuses such inputs).
+    pub fn with_parts(
+        config: Config,
+        broker: Arc<dyn ainern2d_queue::Broker>,
+        store: Arc<dyn ArtifactStore>,
+        local_inputs: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let fetcher = Fetcher::new(&config.fetch, Some(store.clone()), local_inputs);
         let pipelines = config
             .jobs
             .kinds
@@ -87,11 +105,11 @@ impl Shared {
                 (*k, pipeline)
             })
             .collect();
-        let slots =
-            config.jobs.kinds.iter().map(|k| (*k, Arc::new(Semaphore::new(config.slots(*k) as usize)))).collect();
+        let slots = config.jobs.kinds.iter().map(|k| (*k, slots::Slots::new(config.slots(*k)))).collect();
         std::fs::create_dir_all(&config.scratch_dir)
             .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
         Ok(Arc::new(Shared {
+            broker,
             topology: Topology::new(config.broker.prefix.clone()),
             config,
             store,
@@ -119,6 +137,15 @@ impl Shared {
         let index = STATES.iter().position(|s| *s == state).expect("every state is listed") as u8;
         self.state.store(index, Ordering::Relaxed);
         self.accepting.send_replace(matches!(state, WorkerState::Starting | WorkerState::Ready));
+    }
+
+    /// Applies (or, with `None`, clears) a downgrade profile: new jobs see it, and its `slots` lower the
+    /// concurrency of the kinds it names as running jobs finish.
+    pub fn set_downgrade(&self, profile: Option<ainern2d_contract::DowngradeProfile>) {
+        for (kind, slots) in &self.slots {
+            slots.set_limit(profile.as_ref().and_then(|p| p.slots.get(kind.as_str()).copied()));
+        }
+        *self.downgrade.write().expect("downgrade lock") = profile;
     }
 
     /// The downgrade profile in force now.
@@ -154,7 +181,11 @@ impl Shared {
 
 /// Runs the daemon until `shutdown` fires and the drain completes.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let shared = Shared::new(config)?;
+    serve_shared(Shared::new(config)?, shutdown).await
+}
+
+/// Runs a daemon built with `Shared::with_parts` until `shutdown` fires and the drain completes.
+pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(shared.config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", shared.config.http.listen))?;

@@ -34,6 +34,25 @@ enum Command {
         #[arg(long, default_value = "outputs")]
         out: PathBuf,
     },
+    /// The local mode: hub and worker in one process with an in-process queue, SQLite and a local output
+    /// directory. Serves the hub API and prints how to submit a job.
+    Standalone {
+        /// Holds hub.db (SQLite), outputs/, scratch/ and the admin-token file.
+        #[arg(long, default_value = ".ainern2d")]
+        data_dir: PathBuf,
+        /// Address of the hub API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Address of the worker's probes and metrics.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        worker_listen: std::net::SocketAddr,
+        /// Hub config file (TOML; AINERN2D_HUB_* variables override it): policy, profiles, alerts.
+        #[arg(long, env = "AINERN2D_HUB_CONFIG")]
+        hub_config: Option<PathBuf>,
+        /// Relative input paths of submitted jobs are read below this directory.
+        #[arg(long, default_value = ".")]
+        inputs_dir: PathBuf,
+    },
 }
 
 fn init_logs(config: &Config) {
@@ -77,6 +96,16 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(shutdown_signal(shutdown.clone()));
             ainern2d_worker::serve(config, shutdown).await
+        }
+        Command::Standalone { data_dir, listen, worker_listen, hub_config, inputs_dir } => {
+            let hub = ainern2d_hub::config::Config::load(hub_config.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("invalid hub configuration")?;
+            init_logs(&config);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(shutdown_signal(shutdown.clone()));
+            let opts = ainern2d_worker::standalone::Options { data_dir, listen, worker_listen, inputs_dir };
+            ainern2d_worker::standalone::run(config, hub, opts, shutdown).await
         }
         Command::Exec { job, out } => {
             let written = ainern2d_worker::exec::exec(&config, &job, &out, false).await?;

@@ -8,15 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::{JobKind, WorkerState};
-use futures_util::StreamExt;
-use lapin::Connection;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use ainern2d_queue::Session;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
-use crate::broker::{self, Publisher};
+use crate::broker;
 use crate::job::{SessionCtx, handle};
 use crate::lifecycle::Interruption;
 
@@ -35,11 +32,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         let name = format!("ainern2d-worker {}", shared.config.worker_id);
         let connected = tokio::select! {
-            c = broker::connect(&shared.config.broker.url, &name) => c,
+            c = shared.broker.connect(&name) => c,
             _ = shutdown.cancelled() => break,
         };
-        let conn = match connected {
-            Ok(conn) => conn,
+        let session = match connected {
+            Ok(session) => session,
             Err(e) => {
                 tracing::warn!("broker connection failed: {e}; retrying in {backoff:?}");
                 tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => break }
@@ -52,7 +49,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         first = false;
         let started = Instant::now();
-        match session(&shared, conn, &shutdown).await {
+        match run_session(&shared, session, &shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(reason) => {
                 tracing::warn!("broker session lost: {reason}; reconnecting in {backoff:?}");
@@ -69,24 +66,21 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &CancellationToken) -> SessionEnd {
-    let conn = Arc::new(conn);
-    let setup = async {
-        let publisher = Publisher::new(&conn).await?;
-        broker::declare_topology(
-            publisher.channel(),
-            &shared.topology,
-            &shared.config.jobs.kinds,
-            &shared.config.jobs.retry_delays_ms,
-        )
-        .await?;
-        Ok::<_, broker::BrokerError>(publisher)
-    };
-    let publisher = match setup.await {
-        Ok(p) => p,
-        Err(e) => return SessionEnd::Lost(format!("setting up the session failed: {e}")),
-    };
-    let lost = CancellationToken::new();
+async fn run_session(shared: &Arc<Shared>, session: Arc<dyn Session>, shutdown: &CancellationToken) -> SessionEnd {
+    let declared = broker::declare_topology(
+        session.as_ref(),
+        &shared.topology,
+        &shared.config.jobs.kinds,
+        &shared.config.jobs.retry_delays_ms,
+    )
+    .await;
+    if let Err(e) = declared {
+        session.close().await;
+        return SessionEnd::Lost(format!("setting up the session failed: {e}"));
+    }
+    let publisher = session.clone();
+    // Fired by the broker session itself (connection error) or by any task of ours that finds it unusable.
+    let lost = session.lost().child_token();
     let lost_reason: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let stop_consuming = CancellationToken::new();
     let ctx = SessionCtx {
@@ -97,23 +91,10 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
     let jobs = TaskTracker::new();
     let consumers = TaskTracker::new();
 
-    {
-        let (lost, lost_reason) = (lost.clone(), lost_reason.clone());
-        let mut events = conn.events_listener();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                if let lapin::Event::Error(e) = event {
-                    let _ = lost_reason.set(format!("connection error: {e}"));
-                    lost.cancel();
-                    break;
-                }
-            }
-        });
-    }
     for kind in shared.config.jobs.kinds.clone() {
         consumers.spawn(consume(
             shared.clone(),
-            conn.clone(),
+            session.clone(),
             kind,
             ctx.clone(),
             jobs.clone(),
@@ -127,14 +108,13 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
         shared.set_state(WorkerState::Ready);
     }
     let heartbeat = tokio::spawn(crate::heartbeat::run(shared.clone(), publisher.clone(), lost.clone()));
-    let control = tokio::spawn(crate::control::run(
-        shared.clone(),
-        conn.clone(),
-        publisher.clone(),
-        jobs.clone(),
-        lost.clone(),
-        lost_reason.clone(),
-    ));
+    let control = {
+        let (lost, lost_reason) = (lost.clone(), lost_reason.clone());
+        tokio::spawn(crate::control::run(shared.clone(), session.clone(), jobs.clone(), move |why| {
+            let _ = lost_reason.set(why);
+            lost.cancel();
+        }))
+    };
     tracing::info!(kinds = ?shared.config.jobs.kinds, "consuming");
 
     let end = tokio::select! {
@@ -165,20 +145,21 @@ async fn session(shared: &Arc<Shared>, conn: Connection, shutdown: &Cancellation
             stop_consuming.cancel();
             jobs.close();
             let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
-            SessionEnd::Lost(lost_reason.get().cloned().unwrap_or_else(|| "connection lost".into()))
+            let reason = lost_reason.get().cloned().or_else(|| session.lost_reason());
+            SessionEnd::Lost(reason.unwrap_or_else(|| "connection lost".into()))
         }
     };
     shared.broker_up(false);
     heartbeat.abort();
     control.abort();
-    let _ = conn.close(200, "worker stopping".into()).await;
+    session.close().await;
     end
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn consume(
     shared: Arc<Shared>,
-    conn: Arc<Connection>,
+    session: Arc<dyn Session>,
     kind: JobKind,
     ctx: SessionCtx,
     jobs: TaskTracker,
@@ -190,15 +171,8 @@ async fn consume(
         let _ = lost_reason.set(why);
         lost.cancel();
     };
-    let channel = match conn.create_channel().await {
-        Ok(c) => c,
-        Err(e) => return fail(format!("opening the {kind} channel: {e}")),
-    };
-    // Prefetch = free slots + the upload overlap: the broker never hands this worker more than it can start.
-    let prefetch = shared.config.slots(kind) + shared.config.jobs.upload_overlap;
-    if let Err(e) = channel.basic_qos(prefetch.min(u16::MAX as u32) as u16, BasicQosOptions::default()).await {
-        return fail(format!("setting prefetch on the {kind} channel: {e}"));
-    }
+    // Prefetch = slots + the upload overlap: the broker never hands this worker more than it can start.
+    let prefetch = (shared.config.slots(kind) + shared.config.jobs.upload_overlap).min(u32::from(u16::MAX)) as u16;
     let queue = shared.topology.job_queue(kind);
     let mut generation = 0u32;
     let mut accepting = shared.accepting.subscribe();
@@ -213,32 +187,24 @@ async fn consume(
         }
         let tag = format!("{}.{kind}.{generation}", shared.config.worker_id);
         generation += 1;
-        let mut consumer = match channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(c) => c,
+        let mut subscription = match session.subscribe(&queue, &tag, prefetch).await {
+            Ok(s) => s,
             Err(e) => return fail(format!("subscribing to {queue}: {e}")),
         };
         let cancelled_by_broker = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    let _ = subscription.cancel().await;
                     return;
                 }
                 _ = lost.cancelled() => return,
                 _ = accepting.changed() => {
                     if !*accepting.borrow() {
-                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        let _ = subscription.cancel().await;
                         break false;
                     }
                 }
-                next = consumer.next() => match next {
+                next = subscription.next() => match next {
                     Some(Ok(delivery)) => {
                         jobs.spawn(handle(shared.clone(), ctx.clone(), kind, delivery));
                     }
