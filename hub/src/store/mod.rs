@@ -62,6 +62,8 @@ pub struct JobEventRow {
     pub event_id: String,
     pub status: String,
     pub body: serde_json::Value,
+    /// Whether the event moved the job (`false`: late, of an older attempt, or after the end).
+    pub applied: bool,
 }
 
 /// A worker of the registry.

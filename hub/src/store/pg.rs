@@ -348,7 +348,7 @@ impl StatusStore for PgStore {
 
     async fn job_events(&self, job_id: &str) -> Result<Vec<JobEventRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, status, body FROM job_events WHERE job_id = $1 ORDER BY attempt, seq, received_at",
+            "SELECT event_id, status, body, applied FROM job_events WHERE job_id = $1 ORDER BY attempt, seq, received_at",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -356,7 +356,12 @@ impl StatusStore for PgStore {
         .map_err(failed("reading a job's events"))?;
         Ok(rows
             .iter()
-            .map(|r| JobEventRow { event_id: r.get("event_id"), status: r.get("status"), body: r.get("body") })
+            .map(|r| JobEventRow {
+                event_id: r.get("event_id"),
+                status: r.get("status"),
+                body: r.get("body"),
+                applied: r.get("applied"),
+            })
             .collect())
     }
 

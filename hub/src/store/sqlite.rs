@@ -353,7 +353,7 @@ impl StatusStore for SqliteStore {
 
     async fn job_events(&self, job_id: &str) -> Result<Vec<JobEventRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_id, status, body FROM job_events WHERE job_id = ?1 ORDER BY attempt, seq, received_at, rowid",
+            "SELECT event_id, status, body, applied FROM job_events WHERE job_id = ?1 ORDER BY attempt, seq, received_at, rowid",
         )
         .bind(job_id)
         .fetch_all(&self.reader)
@@ -361,7 +361,12 @@ impl StatusStore for SqliteStore {
         .map_err(failed("reading a job's events"))?;
         Ok(rows
             .iter()
-            .map(|r| JobEventRow { event_id: r.get("event_id"), status: r.get("status"), body: r.get("body") })
+            .map(|r| JobEventRow {
+                event_id: r.get("event_id"),
+                status: r.get("status"),
+                body: r.get("body"),
+                applied: r.get("applied"),
+            })
             .collect())
     }
 
