@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod pg;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;

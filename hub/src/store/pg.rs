@@ -12,10 +12,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::batch::{self, JobRecord, WorkerColumns};
+use super::rows::{self, Columns, columns_by_get};
 use super::{
     BatchStats, DecisionRow, Finished, JobEventRow, JobFilter, JobRow, StatusStore, StoreError, WorkerRow, failed,
 };
-use crate::status::JobStatus;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -59,42 +59,15 @@ impl PgStore {
     }
 }
 
-fn job_row(r: &PgRow) -> JobRow {
-    JobRow {
-        job_id: r.get("job_id"),
-        kind: r.get("kind"),
-        status: r.get("status"),
-        attempt: r.get("attempt"),
-        worker_id: r.get("worker_id"),
-        submitted_at: r.get("submitted_at"),
-        accepted_at: r.get("accepted_at"),
-        started_at: r.get("started_at"),
-        finished_at: r.get("finished_at"),
-        updated_at: r.get("updated_at"),
-        progress: r.get("progress"),
-        outputs: r.get("outputs"),
-        error: r.get("error"),
-        timings_ms: r.get("timings_ms"),
-        downgrade: r.get("downgrade"),
-    }
-}
+impl Columns for PgRow {
+    columns_by_get!();
 
-fn job_record(r: &PgRow) -> JobRecord {
-    let status: String = r.get("status");
-    JobRecord {
-        kind: r.get("kind"),
-        status: Some(JobStatus::parse(&status).unwrap_or(JobStatus::Queued)),
-        attempt: r.get::<i32, _>("attempt") as u32,
-        worker_id: r.get("worker_id"),
-        submitted_at: r.get("submitted_at"),
-        accepted_at: r.get("accepted_at"),
-        started_at: r.get("started_at"),
-        finished_at: r.get("finished_at"),
-        progress: r.get("progress"),
-        outputs: r.get("outputs"),
-        error: r.get("error"),
-        timings_ms: r.get("timings_ms"),
-        downgrade: r.get("downgrade"),
+    fn int(&self, column: &str) -> i64 {
+        i64::from(self.get::<i32, _>(column))
+    }
+
+    fn time_opt(&self, column: &str) -> Option<DateTime<Utc>> {
+        self.get(column)
     }
 }
 
@@ -164,8 +137,7 @@ impl PgStore {
 
             // 2. Lock and load the jobs they touch.
             let touched = batch::touched_jobs(&new_events);
-            let mut rows: HashMap<String, JobRecord> = HashMap::new();
-            for r in sqlx::query(
+            let loaded: HashMap<String, JobRecord> = sqlx::query(
                 "SELECT job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
                         progress, outputs, error, timings_ms, downgrade
                  FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE",
@@ -173,12 +145,12 @@ impl PgStore {
             .bind(&touched)
             .fetch_all(&mut *tx)
             .await?
-            {
-                rows.insert(r.get("job_id"), job_record(&r));
-            }
+            .iter()
+            .map(rows::job_record)
+            .collect();
 
             // 3. Run the state machine in memory, in arrival order.
-            let plan = batch::plan(events.len(), &new_events, rows);
+            let plan = batch::plan(events.len(), &new_events, loaded);
             stats = plan.stats;
             finished = plan.finished;
             if !plan.ignored.is_empty() {
@@ -320,7 +292,7 @@ impl StatusStore for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(failed("reading a job"))?;
-        Ok(row.as_ref().map(job_row))
+        Ok(row.as_ref().map(rows::job_row))
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError> {
@@ -335,7 +307,7 @@ impl StatusStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(failed("listing jobs"))?;
-        Ok(rows.iter().map(job_row).collect())
+        Ok(rows.iter().map(rows::job_row).collect())
     }
 
     async fn job_status(&self, job_id: &str) -> Result<Option<String>, StoreError> {
@@ -354,15 +326,7 @@ impl StatusStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(failed("reading a job's events"))?;
-        Ok(rows
-            .iter()
-            .map(|r| JobEventRow {
-                event_id: r.get("event_id"),
-                status: r.get("status"),
-                body: r.get("body"),
-                applied: r.get("applied"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::event_row).collect())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
@@ -372,21 +336,7 @@ impl StatusStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(failed("listing workers"))?;
-        Ok(rows
-            .iter()
-            .map(|r| WorkerRow {
-                worker_id: r.get("worker_id"),
-                host: r.get("host"),
-                version: r.get("version"),
-                state: r.get("state"),
-                lost: r.get("lost"),
-                last_heartbeat_at: r.get("last_heartbeat_at"),
-                slots: r.get("slots"),
-                models_loaded: r.get("models_loaded"),
-                gpus: r.get("gpus"),
-                downgrade: r.get("downgrade"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::worker_row).collect())
     }
 
     async fn worker_exists(&self, worker_id: &str) -> Result<bool, StoreError> {
@@ -405,15 +355,7 @@ impl StatusStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(failed("reading policy decisions"))?;
-        Ok(rows
-            .iter()
-            .map(|r| DecisionRow {
-                decided_at: r.get("decided_at"),
-                subject: r.get("subject"),
-                decision: r.get("decision"),
-                reason: r.get("reason"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::decision_row).collect())
     }
 
     async fn downgraded_workers(&self) -> Result<Vec<String>, StoreError> {

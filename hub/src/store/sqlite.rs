@@ -14,10 +14,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 use super::batch::{self, JobRecord, WorkerColumns};
+use super::rows::{self, Columns, columns_by_get};
 use super::{
     BatchStats, DecisionRow, Finished, JobEventRow, JobFilter, JobRow, StatusStore, StoreError, WorkerRow, failed,
 };
-use crate::status::JobStatus;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
 
@@ -41,8 +41,16 @@ fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-fn time_opt(r: &SqliteRow, column: &str) -> Option<DateTime<Utc>> {
-    r.get::<Option<i64>, _>(column).map(time)
+impl Columns for SqliteRow {
+    columns_by_get!();
+
+    fn int(&self, column: &str) -> i64 {
+        self.get(column)
+    }
+
+    fn time_opt(&self, column: &str) -> Option<DateTime<Utc>> {
+        self.get::<Option<i64>, _>(column).map(time)
+    }
 }
 
 impl SqliteStore {
@@ -115,8 +123,7 @@ impl SqliteStore {
 
             // 2. Load the jobs they touch (the single writer makes the transaction the only one writing).
             let touched = batch::touched_jobs(&new_events);
-            let mut rows: HashMap<String, JobRecord> = HashMap::new();
-            for r in sqlx::query(
+            let loaded: HashMap<String, JobRecord> = sqlx::query(
                 "SELECT job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
                         progress, outputs, error, timings_ms, downgrade
                  FROM jobs WHERE job_id IN (SELECT value FROM json_each(?1))",
@@ -124,12 +131,12 @@ impl SqliteStore {
             .bind(serde_json::to_string(&touched).expect("ids serialize"))
             .fetch_all(&mut *tx)
             .await?
-            {
-                rows.insert(r.get("job_id"), job_record(&r));
-            }
+            .iter()
+            .map(rows::job_record)
+            .collect();
 
             // 3. Run the state machine in memory, in arrival order.
-            let plan = batch::plan(events.len(), &new_events, rows);
+            let plan = batch::plan(events.len(), &new_events, loaded);
             stats = plan.stats;
             finished = plan.finished;
             if !plan.ignored.is_empty() {
@@ -202,45 +209,6 @@ async fn upsert_worker(tx: &mut sqlx::Transaction<'_, Sqlite>, hb: &Heartbeat, n
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-fn job_record(r: &SqliteRow) -> JobRecord {
-    let status: String = r.get("status");
-    JobRecord {
-        kind: r.get("kind"),
-        status: Some(JobStatus::parse(&status).unwrap_or(JobStatus::Queued)),
-        attempt: r.get::<i64, _>("attempt") as u32,
-        worker_id: r.get("worker_id"),
-        submitted_at: time_opt(r, "submitted_at"),
-        accepted_at: time_opt(r, "accepted_at"),
-        started_at: time_opt(r, "started_at"),
-        finished_at: time_opt(r, "finished_at"),
-        progress: r.get("progress"),
-        outputs: r.get("outputs"),
-        error: r.get("error"),
-        timings_ms: r.get("timings_ms"),
-        downgrade: r.get("downgrade"),
-    }
-}
-
-fn job_row(r: &SqliteRow) -> JobRow {
-    JobRow {
-        job_id: r.get("job_id"),
-        kind: r.get("kind"),
-        status: r.get("status"),
-        attempt: r.get::<i64, _>("attempt") as i32,
-        worker_id: r.get("worker_id"),
-        submitted_at: time_opt(r, "submitted_at"),
-        accepted_at: time_opt(r, "accepted_at"),
-        started_at: time_opt(r, "started_at"),
-        finished_at: time_opt(r, "finished_at"),
-        updated_at: time_opt(r, "updated_at"),
-        progress: r.get("progress"),
-        outputs: r.get("outputs"),
-        error: r.get("error"),
-        timings_ms: r.get("timings_ms"),
-        downgrade: r.get("downgrade"),
-    }
 }
 
 #[async_trait]
@@ -325,7 +293,7 @@ impl StatusStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(failed("reading a job"))?;
-        Ok(row.as_ref().map(job_row))
+        Ok(row.as_ref().map(rows::job_row))
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError> {
@@ -340,7 +308,7 @@ impl StatusStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(failed("listing jobs"))?;
-        Ok(rows.iter().map(job_row).collect())
+        Ok(rows.iter().map(rows::job_row).collect())
     }
 
     async fn job_status(&self, job_id: &str) -> Result<Option<String>, StoreError> {
@@ -359,15 +327,7 @@ impl StatusStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(failed("reading a job's events"))?;
-        Ok(rows
-            .iter()
-            .map(|r| JobEventRow {
-                event_id: r.get("event_id"),
-                status: r.get("status"),
-                body: r.get("body"),
-                applied: r.get("applied"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::event_row).collect())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
@@ -377,21 +337,7 @@ impl StatusStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(failed("listing workers"))?;
-        Ok(rows
-            .iter()
-            .map(|r| WorkerRow {
-                worker_id: r.get("worker_id"),
-                host: r.get("host"),
-                version: r.get("version"),
-                state: r.get("state"),
-                lost: r.get("lost"),
-                last_heartbeat_at: time(r.get("last_heartbeat_at")),
-                slots: r.get("slots"),
-                models_loaded: r.get("models_loaded"),
-                gpus: r.get("gpus"),
-                downgrade: r.get("downgrade"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::worker_row).collect())
     }
 
     async fn worker_exists(&self, worker_id: &str) -> Result<bool, StoreError> {
@@ -410,15 +356,7 @@ impl StatusStore for SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(failed("reading policy decisions"))?;
-        Ok(rows
-            .iter()
-            .map(|r| DecisionRow {
-                decided_at: time(r.get("decided_at")),
-                subject: r.get("subject"),
-                decision: r.get("decision"),
-                reason: r.get("reason"),
-            })
-            .collect())
+        Ok(rows.iter().map(rows::decision_row).collect())
     }
 
     async fn downgraded_workers(&self) -> Result<Vec<String>, StoreError> {
