@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sqlx::Row;
 use subtle::ConstantTimeEq;
 
 use crate::Hub;
+use crate::store::{JobFilter, StoreError};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -32,8 +32,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
     }
 }
@@ -102,22 +102,9 @@ async fn submit(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> ApiResu
         }
     };
     let spec = serde_json::to_value(&job).expect("jobs serialize");
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (job_id, kind, status, attempt, submitted_at, updated_at, spec)
-         VALUES ($1, $2, 'queued', 1, now(), now(), $3) ON CONFLICT (job_id) DO NOTHING",
-    )
-    .bind(&job.job_id)
-    .bind(job.kind().as_str())
-    .bind(&spec)
-    .execute(&hub.pool)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    if !hub.store.insert_submitted(&job.job_id, job.kind().as_str(), &spec).await? {
         // Idempotent resubmission of the same job is fine; a different job under the same id is not.
-        let existing: Option<serde_json::Value> = sqlx::query_scalar("SELECT spec FROM jobs WHERE job_id = $1")
-            .bind(&job.job_id)
-            .fetch_one(&hub.pool)
-            .await?;
+        let existing = hub.store.existing_spec(&job.job_id).await?;
         if existing.as_ref() != Some(&spec) {
             return Err(ApiError(StatusCode::CONFLICT, format!("job `{}` exists with a different spec", job.job_id)));
         }
@@ -129,47 +116,15 @@ async fn submit(State(hub): State<Arc<Hub>>, body: axum::body::Bytes) -> ApiResu
     let queue = Topology::new(hub.config.broker.prefix.clone()).job_queue(job.kind());
     if let Err(e) = hub.publish("", &queue, &message).await {
         // Not enqueued: forget the row so the client can retry the same submission.
-        let _ = sqlx::query("DELETE FROM jobs WHERE job_id = $1 AND status = 'queued'")
-            .bind(&job.job_id)
-            .execute(&hub.pool)
-            .await;
+        let _ = hub.store.delete_if_queued(&job.job_id).await;
         return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("could not enqueue the job: {e}")));
     }
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"job_id": job.job_id, "status": "queued"}))).into_response())
 }
 
-const JOB_COLUMNS: &str =
-    "job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
-     updated_at, progress, outputs, error, timings_ms, downgrade";
-
-fn job_json(r: &sqlx::postgres::PgRow) -> serde_json::Value {
-    let ts = |c: &str| r.get::<Option<chrono::DateTime<chrono::Utc>>, _>(c);
-    serde_json::json!({
-        "job_id": r.get::<String, _>("job_id"),
-        "kind": r.get::<Option<String>, _>("kind"),
-        "status": r.get::<String, _>("status"),
-        "attempt": r.get::<i32, _>("attempt"),
-        "worker_id": r.get::<Option<String>, _>("worker_id"),
-        "submitted_at": ts("submitted_at"),
-        "accepted_at": ts("accepted_at"),
-        "started_at": ts("started_at"),
-        "finished_at": ts("finished_at"),
-        "updated_at": ts("updated_at"),
-        "progress": r.get::<Option<serde_json::Value>, _>("progress"),
-        "outputs": r.get::<Option<serde_json::Value>, _>("outputs"),
-        "error": r.get::<Option<serde_json::Value>, _>("error"),
-        "timings_ms": r.get::<Option<serde_json::Value>, _>("timings_ms"),
-        "downgrade": r.get::<Option<String>, _>("downgrade"),
-    })
-}
-
 async fn get_job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1"))
-        .bind(&id)
-        .fetch_optional(&hub.pool)
-        .await?;
-    let row = row.ok_or_else(|| not_found(&format!("job `{id}`")))?;
-    Ok(Json(job_json(&row)).into_response())
+    let job = hub.store.get_job(&id).await?.ok_or_else(|| not_found(&format!("job `{id}`")))?;
+    Ok(Json(serde_json::to_value(job).expect("jobs serialize")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -186,24 +141,14 @@ async fn list_jobs(State(hub): State<Arc<Hub>>, Query(q): Query<ListQuery>) -> A
     if !(1..=1000).contains(&limit) {
         return Err(ApiError(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000".into()));
     }
-    let rows = sqlx::query(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-         AND ($3::text IS NULL OR job_id > $3) ORDER BY job_id LIMIT $4"
-    ))
-    .bind(&q.status)
-    .bind(&q.kind)
-    .bind(&q.after)
-    .bind(limit)
-    .fetch_all(&hub.pool)
-    .await?;
-    let jobs: Vec<_> = rows.iter().map(job_json).collect();
-    let next = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j["job_id"].clone())).flatten();
+    let filter = JobFilter { status: q.status, kind: q.kind, after: q.after, limit: limit as u32 };
+    let jobs = hub.store.list_jobs(&filter).await?;
+    let next = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.job_id.clone())).flatten();
     Ok(Json(serde_json::json!({"jobs": jobs, "next_after": next})).into_response())
 }
 
 async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1").bind(&id).fetch_optional(&hub.pool).await?;
+    let status = hub.store.job_status(&id).await?;
     let status = status.ok_or_else(|| not_found(&format!("job `{id}`")))?;
     if crate::status::JobStatus::parse(&status).is_some_and(|s| s.is_terminal()) {
         return Err(ApiError(StatusCode::CONFLICT, format!("job `{id}` has already ended ({status})")));
@@ -217,27 +162,19 @@ async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResul
 
 /// Server-sent events: every recorded event of the job, in order, until it ends.
 async fn stream_events(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult {
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT job_id FROM jobs WHERE job_id = $1").bind(&id).fetch_optional(&hub.pool).await?;
+    let exists = hub.store.job_status(&id).await?;
     exists.ok_or_else(|| not_found(&format!("job `{id}`")))?;
     let stream = async_stream::stream! {
         let mut sent = std::collections::HashSet::new();
         loop {
-            let rows = sqlx::query("SELECT event_id, status, body FROM job_events WHERE job_id = $1 ORDER BY attempt, seq, received_at")
-                .bind(&id)
-                .fetch_all(&hub.pool)
-                .await
-                .unwrap_or_default();
+            let rows = hub.store.job_events(&id).await.unwrap_or_default();
             let mut ended = false;
             for r in rows {
-                let event_id: String = r.get("event_id");
-                if sent.insert(event_id.clone()) {
-                    let status: String = r.get("status");
-                    let body: serde_json::Value = r.get("body");
-                    yield Ok::<_, std::convert::Infallible>(SseEvent::default().id(event_id).event(status).data(body.to_string()));
+                if sent.insert(r.event_id.clone()) {
+                    yield Ok::<_, std::convert::Infallible>(SseEvent::default().id(r.event_id).event(r.status).data(r.body.to_string()));
                 }
             }
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1").bind(&id).fetch_optional(&hub.pool).await.ok().flatten();
+            let status = hub.store.job_status(&id).await.ok().flatten();
             if status.and_then(|s| crate::status::JobStatus::parse(&s)).is_some_and(|s| s.is_terminal()) {
                 ended = true;
             }
@@ -251,28 +188,7 @@ async fn stream_events(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> A
 }
 
 async fn list_workers(State(hub): State<Arc<Hub>>) -> ApiResult {
-    let rows = sqlx::query(
-        "SELECT worker_id, host, version, state, lost, last_heartbeat_at, slots, models_loaded, gpus, downgrade FROM workers ORDER BY worker_id",
-    )
-    .fetch_all(&hub.pool)
-    .await?;
-    let workers: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "worker_id": r.get::<String, _>("worker_id"),
-                "host": r.get::<String, _>("host"),
-                "version": r.get::<String, _>("version"),
-                "state": r.get::<String, _>("state"),
-                "lost": r.get::<bool, _>("lost"),
-                "last_heartbeat_at": r.get::<chrono::DateTime<chrono::Utc>, _>("last_heartbeat_at"),
-                "slots": r.get::<serde_json::Value, _>("slots"),
-                "models_loaded": r.get::<serde_json::Value, _>("models_loaded"),
-                "gpus": r.get::<serde_json::Value, _>("gpus"),
-                "downgrade": r.get::<Option<String>, _>("downgrade"),
-            })
-        })
-        .collect();
+    let workers = hub.store.list_workers().await?;
     Ok(Json(serde_json::json!({"workers": workers})).into_response())
 }
 
@@ -285,11 +201,9 @@ async fn worker_action(State(hub): State<Arc<Hub>>, Path((id, action)): Path<(St
             return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action `{other}` (cordon, uncordon, drain)")));
         }
     };
-    let known: Option<String> = sqlx::query_scalar("SELECT worker_id FROM workers WHERE worker_id = $1")
-        .bind(&id)
-        .fetch_optional(&hub.pool)
-        .await?;
-    known.ok_or_else(|| not_found(&format!("worker `{id}`")))?;
+    if !hub.store.worker_exists(&id).await? {
+        return Err(not_found(&format!("worker `{id}`")));
+    }
     hub.send_control(&format!("worker.{id}"), command)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
@@ -297,24 +211,7 @@ async fn worker_action(State(hub): State<Arc<Hub>>, Path((id, action)): Path<(St
 }
 
 async fn policy(State(hub): State<Arc<Hub>>, _headers: HeaderMap) -> ApiResult {
-    let rows =
-        sqlx::query("SELECT decided_at, subject, decision, reason FROM policy_decisions ORDER BY id DESC LIMIT 50")
-            .fetch_all(&hub.pool)
-            .await?;
-    let decisions: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "decided_at": r.get::<chrono::DateTime<chrono::Utc>, _>("decided_at"),
-                "subject": r.get::<String, _>("subject"),
-                "decision": r.get::<serde_json::Value, _>("decision"),
-                "reason": r.get::<String, _>("reason"),
-            })
-        })
-        .collect();
-    let downgraded: Vec<String> =
-        sqlx::query_scalar("SELECT worker_id FROM workers WHERE downgrade IS NOT NULL ORDER BY worker_id")
-            .fetch_all(&hub.pool)
-            .await?;
+    let decisions = hub.store.recent_decisions(50).await?;
+    let downgraded = hub.store.downgraded_workers().await?;
     Ok(Json(serde_json::json!({"config": hub.config.policy, "downgraded_workers": downgraded, "recent_decisions": decisions})).into_response())
 }

@@ -62,8 +62,10 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// The status store: `postgres://…` (or `postgresql://…`), `sqlite://PATH` (the file is created when
+    /// missing) or `sqlite::memory:` (gone when the hub stops).
     pub url: String,
-    /// Postgres schema for the hub's tables (created when missing).
+    /// Postgres schema for the hub's tables (created when missing); SQLite ignores it.
     pub schema: String,
     pub max_connections: u32,
 }
@@ -205,8 +207,8 @@ impl Config {
         if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
             return bad("broker.url", "must start with amqp:// or amqps://");
         }
-        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
-            return bad("database.url", "must start with postgres://");
+        if crate::store::Backend::of_url(&self.database.url).is_none() {
+            return bad("database.url", "must start with postgres://, postgresql://, sqlite:// or be sqlite::memory:");
         }
         if self.database.schema.is_empty()
             || !self.database.schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -288,6 +290,17 @@ mod tests {
             assert_eq!(c.ingest.batch_max, 7);
             Ok(())
         });
+    }
+
+    #[test]
+    fn database_url_accepts_postgres_and_sqlite_and_names_the_key_otherwise() {
+        for url in ["postgresql://h/db", "sqlite:///tmp/hub.db", "sqlite://hub.db?mode=rwc", "sqlite::memory:"] {
+            Config::from_toml(&format!("[database]\nurl = \"{url}\"")).unwrap();
+        }
+        for url in ["mysql://h/db", "sqlite:hub.db", "file:///tmp/hub.db", ""] {
+            let err = Config::from_toml(&format!("[database]\nurl = \"{url}\"")).unwrap_err();
+            assert!(err.contains("`database.url`"), "{url:?} -> {err}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ainern2d_contract::{Event, Heartbeat};
 use ainern2d_queue::{ExchangeKind, QueueSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Hub, db};
+use crate::Hub;
 
 pub fn queue_name(prefix: &str) -> String {
     format!("{prefix}.hub.events")
@@ -90,7 +90,7 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
         // The batch stays unacked until it is committed; a database outage is waited out, not dropped.
         let mut retry = Duration::from_millis(200);
         let (stats, finished) = loop {
-            match db::apply_batch(&hub.pool, &events, &heartbeats).await {
+            match hub.store.apply_batch(&events, &heartbeats).await {
                 Ok(r) => {
                     hub.db_up(true);
                     break r;

@@ -1,24 +1,23 @@
-//! The ainern2d hub: the system of record for jobs and workers. It consumes the workers' events into
-//! Postgres, keeps the worker registry, and enforces the fleet policy.
+//! The ainern2d hub: the system of record for jobs and workers. It consumes the workers' events into the
+//! status store (Postgres, or SQLite in local mode), keeps the worker registry, and enforces the fleet policy.
 //!
 //! The hub must never link inference code (candle, ort, FFmpeg); it knows the contract, the job-queue
-//! boundary (`ainern2d-queue`) and the database.
+//! boundary (`ainern2d-queue`) and the status store (only through `store::StatusStore`).
 
 pub mod api;
 pub mod config;
-pub mod db;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod policy;
 pub mod status;
+pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ainern2d_contract::{CONTROL_SCHEMA, Control, ControlCommand, Heartbeat};
-use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +25,11 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy};
 use crate::status::JobStatus;
+use crate::store::StatusStore;
 
 pub struct Hub {
     pub config: Config,
-    pub pool: PgPool,
+    pub store: Arc<dyn StatusStore>,
     pub metrics: Metrics,
     pub policy: Mutex<Policy>,
     broker_connected: AtomicBool,
@@ -42,23 +42,27 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// Opens the status store `database.url` names, applies its migrations, and builds the hub.
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Hub>> {
-        let pool = db::connect(&config.database.url, &config.database.schema, config.database.max_connections)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to database.url: {e}"))?;
-        db::migrate(&pool).await?;
-        let config_broker_url = config.broker.url.clone();
-        Ok(Arc::new(Hub {
+        let store = store::open(&config.database).await?;
+        store.migrate().await?;
+        let broker = Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config.broker.url.clone()));
+        Ok(Hub::new(config, store, broker))
+    }
+
+    /// A hub over an open, migrated store and a broker (no I/O).
+    pub fn new(config: Config, store: Arc<dyn StatusStore>, broker: Arc<dyn ainern2d_queue::Broker>) -> Arc<Hub> {
+        Arc::new(Hub {
             policy: Mutex::new(Policy::new(config.policy.clone())),
             config,
-            pool,
+            store,
             metrics: Metrics::new(),
             broker_connected: AtomicBool::new(false),
             db_ok: AtomicBool::new(true),
-            broker: Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config_broker_url)),
+            broker,
             session: Mutex::new(None),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("static client config"),
-        }))
+        })
     }
 
     pub(crate) fn broker_up(&self, up: bool) {
@@ -74,7 +78,7 @@ impl Hub {
     }
 
     /// Feeds committed outcomes and heartbeats to the fleet policy and records its decisions.
-    async fn on_batch(&self, finished: &[db::Finished], heartbeats: &[Heartbeat]) {
+    async fn on_batch(&self, finished: &[store::Finished], heartbeats: &[Heartbeat]) {
         let now = chrono::Utc::now();
         let mut decisions = Vec::new();
         {
@@ -108,7 +112,7 @@ impl Hub {
         tracing::warn!(%subject, "fleet policy: {reason}");
         self.metrics.decisions.inc();
         let value = serde_json::to_value(&decision).expect("decisions serialize");
-        if let Err(e) = db::record_decision(&self.pool, at, &subject, &value, &reason).await {
+        if let Err(e) = self.store.record_decision(at, &subject, &value, &reason).await {
             tracing::warn!("could not record a policy decision: {e}");
         }
         let command = match &decision {
@@ -204,25 +208,18 @@ async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology)
     let now = chrono::Utc::now();
     for kind in ainern2d_contract::JobKind::ALL {
         let Some(ready) = session.queue_depth(&topo.job_queue(kind)).await? else { continue };
-        let in_flight: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1 AND status IN ('accepted', 'running')")
-                .bind(kind.as_str())
-                .fetch_one(&hub.pool)
-                .await?;
-        let replicas: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE NOT lost AND slots ? $1")
-            .bind(kind.as_str())
-            .fetch_one(&hub.pool)
-            .await?;
-        let backlog = u64::from(ready) + in_flight as u64;
+        let in_flight = hub.store.in_flight(kind.as_str()).await?;
+        let replicas = hub.store.replicas(kind.as_str()).await?;
+        let backlog = u64::from(ready) + in_flight;
         let label = metrics::KindLabel { kind: kind.as_str().into() };
         hub.metrics.backlog.get_or_create(&label).set(backlog as i64);
         let decision = {
             let mut policy = hub.policy.lock().await;
-            let d = policy.backlog_sample(now, kind.as_str(), backlog, replicas as u64);
+            let d = policy.backlog_sample(now, kind.as_str(), backlog, replicas);
             hub.metrics.desired_replicas.get_or_create(&label).set(policy.desired_replicas(
                 kind.as_str(),
                 backlog,
-                replicas as u64,
+                replicas,
             ) as i64);
             d
         };
@@ -237,7 +234,7 @@ async fn sample_backlog(hub: &Hub, topo: &ainern2d_contract::topology::Topology)
 pub async fn watch_registry(hub: Arc<Hub>, shutdown: CancellationToken) {
     let stale = chrono::Duration::seconds(hub.config.registry.heartbeat_stale_s as i64);
     loop {
-        match db::mark_lost(&hub.pool, chrono::Utc::now() - stale).await {
+        match hub.store.mark_lost(chrono::Utc::now() - stale).await {
             Ok(lost) => {
                 for worker in lost {
                     tracing::warn!(%worker, "worker lost: no heartbeat for {} s", stale.num_seconds());
@@ -275,6 +272,6 @@ pub async fn run(hub: Arc<Hub>, listener: tokio::net::TcpListener, shutdown: Can
     let _ = backlog.await;
     http_stop.cancel();
     let _ = http.await;
-    hub.pool.close().await;
+    hub.store.close().await;
     Ok(())
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ainern2d-hub", version, about = "Job status in Postgres, worker registry, fleet policy")]
+#[command(name = "ainern2d-hub", version, about = "Job status in Postgres or SQLite, worker registry, fleet policy")]
 struct Cli {
     /// TOML config file (environment variables AINERN2D_HUB_<SECTION>__<KEY> override it).
     #[arg(long, global = true, env = "AINERN2D_HUB_CONFIG")]
@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume events into Postgres until SIGTERM/SIGINT (applies migrations first).
+    /// Consume events into the status store until SIGTERM/SIGINT (applies migrations first).
     Run,
     /// Apply the database migrations and exit.
     Migrate,
@@ -49,9 +49,15 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Migrate => {
-            let pool = ainern2d_hub::db::connect(&config.database.url, &config.database.schema, 1).await?;
-            ainern2d_hub::db::migrate(&pool).await?;
-            println!("migrations applied to schema `{}`", config.database.schema);
+            use ainern2d_hub::store::{self, Backend};
+            let database = ainern2d_hub::config::DatabaseConfig { max_connections: 1, ..config.database.clone() };
+            let status_store = store::open(&database).await?;
+            status_store.migrate().await?;
+            status_store.close().await;
+            match Backend::of_url(&database.url) {
+                Some(Backend::Postgres) => println!("migrations applied to schema `{}`", database.schema),
+                _ => println!("migrations applied"),
+            }
             Ok(())
         }
         Command::Run => {

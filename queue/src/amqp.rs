@@ -360,7 +360,7 @@ impl Subscription for AmqpSubscription {
 }
 
 struct AmqpAcker {
-    acker: lapin::acker::Acker,
+    acker: lapin::Acker,
     _channel: Channel,
 }
 

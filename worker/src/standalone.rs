@@ -133,10 +133,12 @@ async fn requeue_unfinished(
     .await?;
     let topo = Topology::new(worker.broker.prefix.clone());
     for job in &jobs {
+        let spec: ainern2d_contract::Job = serde_json::from_value(job.spec.clone())
+            .with_context(|| format!("the stored spec of job {} is not a job", job.job_id))?;
         let message = Message::json(serde_json::to_vec(&job.spec)?)
-            .with_priority(Some(job.spec.priority))
+            .with_priority(Some(spec.priority))
             .with_header(ATTEMPT_HEADER, HeaderValue::Int(job.attempt.into()));
-        session.publish("", &topo.job_queue(job.spec.kind()), &message).await?;
+        session.publish("", &topo.job_queue(spec.kind()), &message).await?;
     }
     session.close().await;
     tracing::info!(jobs = jobs.len(), "enqueued the jobs left unfinished by the last run");

@@ -1,0 +1,413 @@
+//! The SQLite status store, for the one-command local mode: one file (or memory), WAL so that readers never
+//! wait for the writer, and one writer connection so that transactions never contend for the write lock.
+//! Migrations live in `hub/migrations-sqlite/`; times are stored as microseconds since the epoch.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use ainern2d_contract::{Event, Heartbeat};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite};
+
+use super::batch::{self, JobRecord, WorkerColumns};
+use super::rows::{self, Columns, columns_by_get};
+use super::{
+    BatchStats, DecisionRow, Finished, JobEventRow, JobFilter, JobRow, StatusStore, StoreError, WorkerRow, failed,
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
+
+const JOB_COLUMNS: &str =
+    "job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
+     updated_at, progress, outputs, error, timings_ms, downgrade";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The only connection that writes.
+    writer: SqlitePool,
+    /// Read-only connections; the writer itself for an in-memory database, which lives in one connection.
+    reader: SqlitePool,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+impl Columns for SqliteRow {
+    columns_by_get!();
+
+    fn int(&self, column: &str) -> i64 {
+        self.get(column)
+    }
+
+    fn time_opt(&self, column: &str) -> Option<DateTime<Utc>> {
+        self.get::<Option<i64>, _>(column).map(time)
+    }
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (created when missing) or `sqlite::memory:`; `max_readers` read connections.
+    pub async fn connect(url: &str, max_readers: u32) -> Result<SqliteStore, StoreError> {
+        let options: SqliteConnectOptions = url.parse().map_err(StoreError::Connect)?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url == "sqlite::memory:" || url.contains("mode=memory") || url.contains(":memory:");
+        // An in-memory database disappears with its last connection: keep the one connection open for good.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::Connect)?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new().max_connections(max_readers.max(1)).connect_lazy_with(options.read_only(true))
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// The writer pool, for tests and tools that read the tables directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn apply(
+        &self,
+        events: &[Event],
+        heartbeats: &[Heartbeat],
+    ) -> Result<(BatchStats, Vec<Finished>), sqlx::Error> {
+        let mut stats = BatchStats::default();
+        let mut finished = Vec::new();
+        let now = micros(Utc::now());
+        let mut tx = self.writer.begin().await?;
+        if !events.is_empty() {
+            // 1. Record the events; the ones inserted are new. (An embedded database has no round trips to
+            //    save, so statements go one row at a time, inside the one transaction.)
+            let mut fresh = HashSet::new();
+            for e in events {
+                let inserted = sqlx::query(
+                    "INSERT INTO job_events (event_id, job_id, attempt, seq, status, worker_id, emitted_at, received_at, applied, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&e.event_id)
+                .bind(&e.job_id)
+                .bind(i64::from(e.attempt))
+                .bind(i64::from(e.seq))
+                .bind(e.status.as_str())
+                .bind(&e.worker_id)
+                .bind(micros(e.emitted_at))
+                .bind(now)
+                .bind(serde_json::to_value(e).expect("events serialize"))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    fresh.insert(e.event_id.clone());
+                }
+            }
+            let new_events = batch::new_events(events, &fresh);
+
+            // 2. Load the jobs they touch (the single writer makes the transaction the only one writing).
+            let touched = batch::touched_jobs(&new_events);
+            let loaded: HashMap<String, JobRecord> = sqlx::query(
+                "SELECT job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
+                        progress, outputs, error, timings_ms, downgrade
+                 FROM jobs WHERE job_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::to_string(&touched).expect("ids serialize"))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(rows::job_record)
+            .collect();
+
+            // 3. Run the state machine in memory, in arrival order.
+            let plan = batch::plan(events.len(), &new_events, loaded);
+            stats = plan.stats;
+            finished = plan.finished;
+            if !plan.ignored.is_empty() {
+                sqlx::query("UPDATE job_events SET applied = 0 WHERE event_id IN (SELECT value FROM json_each(?1))")
+                    .bind(serde_json::to_string(&plan.ignored).expect("ids serialize"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+
+            // 4. Write the touched rows back.
+            for (job_id, r) in &plan.changed {
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, kind, status, attempt, worker_id, accepted_at, started_at, finished_at,
+                                       progress, outputs, error, timings_ms, downgrade, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, attempt = excluded.attempt,
+                         worker_id = excluded.worker_id, accepted_at = excluded.accepted_at, started_at = excluded.started_at,
+                         finished_at = excluded.finished_at, progress = excluded.progress, outputs = excluded.outputs,
+                         error = excluded.error, timings_ms = excluded.timings_ms, downgrade = excluded.downgrade,
+                         updated_at = excluded.updated_at",
+                )
+                .bind(job_id)
+                .bind(&r.kind)
+                .bind(r.status_str())
+                .bind(i64::from(r.attempt))
+                .bind(&r.worker_id)
+                .bind(r.accepted_at.map(micros))
+                .bind(r.started_at.map(micros))
+                .bind(r.finished_at.map(micros))
+                .bind(&r.progress)
+                .bind(&r.outputs)
+                .bind(&r.error)
+                .bind(&r.timings_ms)
+                .bind(&r.downgrade)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for hb in heartbeats {
+            upsert_worker(&mut tx, hb, now).await?;
+            stats.heartbeats += 1;
+        }
+        tx.commit().await?;
+        Ok((stats, finished))
+    }
+}
+
+async fn upsert_worker(tx: &mut sqlx::Transaction<'_, Sqlite>, hb: &Heartbeat, now: i64) -> Result<(), sqlx::Error> {
+    let c = WorkerColumns::of(hb);
+    // An older heartbeat (reordered) never overwrites a newer one.
+    sqlx::query(
+        "INSERT INTO workers (worker_id, host, version, state, last_heartbeat_at, slots, models_loaded, gpus, downgrade, lost, first_seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)
+         ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, version = excluded.version, state = excluded.state,
+             last_heartbeat_at = excluded.last_heartbeat_at, slots = excluded.slots, models_loaded = excluded.models_loaded,
+             gpus = excluded.gpus, downgrade = excluded.downgrade, lost = 0
+         WHERE workers.last_heartbeat_at <= excluded.last_heartbeat_at",
+    )
+    .bind(&hb.worker_id)
+    .bind(&hb.host)
+    .bind(&hb.version)
+    .bind(c.state)
+    .bind(micros(hb.sent_at))
+    .bind(c.slots)
+    .bind(c.models_loaded)
+    .bind(c.gpus)
+    .bind(&hb.downgrade)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl StatusStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(MIGRATOR.run(&self.writer).await?)
+    }
+
+    async fn apply_batch(
+        &self,
+        events: &[Event],
+        heartbeats: &[Heartbeat],
+    ) -> Result<(BatchStats, Vec<Finished>), StoreError> {
+        self.apply(events, heartbeats).await.map_err(failed("applying a batch of events"))
+    }
+
+    async fn mark_lost(&self, stale_before: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("UPDATE workers SET lost = 1 WHERE NOT lost AND last_heartbeat_at < ?1 RETURNING worker_id")
+            .bind(micros(stale_before))
+            .fetch_all(&self.writer)
+            .await
+            .map_err(failed("marking stale workers lost"))
+    }
+
+    async fn record_decision(
+        &self,
+        at: DateTime<Utc>,
+        subject: &str,
+        decision: &serde_json::Value,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO policy_decisions (decided_at, subject, decision, reason) VALUES (?1, ?2, ?3, ?4)")
+            .bind(micros(at))
+            .bind(subject)
+            .bind(decision)
+            .bind(reason)
+            .execute(&self.writer)
+            .await
+            .map_err(failed("recording a policy decision"))?;
+        Ok(())
+    }
+
+    async fn insert_submitted(&self, job_id: &str, kind: &str, spec: &serde_json::Value) -> Result<bool, StoreError> {
+        let now = micros(Utc::now());
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (job_id, kind, status, attempt, submitted_at, updated_at, spec)
+             VALUES (?1, ?2, 'queued', 1, ?3, ?3, ?4) ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(kind)
+        .bind(now)
+        .bind(spec)
+        .execute(&self.writer)
+        .await
+        .map_err(failed("recording a submitted job"))?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn unfinished_jobs(&self) -> Result<Vec<super::UnfinishedJob>, StoreError> {
+        let rows: Vec<(String, String, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT job_id, status, attempt, spec FROM jobs
+             WHERE spec IS NOT NULL AND status IN ('queued', 'accepted', 'running', 'retrying')
+             ORDER BY submitted_at, job_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(failed("listing unfinished jobs"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, status, attempt, spec)| super::UnfinishedJob {
+                job_id,
+                spec,
+                attempt: super::next_attempt(&status, attempt),
+            })
+            .collect())
+    }
+
+    async fn existing_spec(&self, job_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let spec: Option<Option<serde_json::Value>> = sqlx::query_scalar("SELECT spec FROM jobs WHERE job_id = ?1")
+            .bind(job_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(failed("reading a job's spec"))?;
+        Ok(spec.flatten())
+    }
+
+    async fn delete_if_queued(&self, job_id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM jobs WHERE job_id = ?1 AND status = 'queued'")
+            .bind(job_id)
+            .execute(&self.writer)
+            .await
+            .map_err(failed("deleting an unpublished job"))?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    async fn get_job(&self, job_id: &str) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1"))
+            .bind(job_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(failed("reading a job"))?;
+        Ok(row.as_ref().map(rows::job_row))
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2)
+             AND (?3 IS NULL OR job_id > ?3) ORDER BY job_id LIMIT ?4"
+        ))
+        .bind(&filter.status)
+        .bind(&filter.kind)
+        .bind(&filter.after)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(failed("listing jobs"))?;
+        Ok(rows.iter().map(rows::job_row).collect())
+    }
+
+    async fn job_status(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = ?1")
+            .bind(job_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(failed("reading a job's status"))
+    }
+
+    async fn job_events(&self, job_id: &str) -> Result<Vec<JobEventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_id, status, body, applied FROM job_events WHERE job_id = ?1 ORDER BY attempt, seq, received_at, rowid",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(failed("reading a job's events"))?;
+        Ok(rows.iter().map(rows::event_row).collect())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT worker_id, host, version, state, lost, last_heartbeat_at, slots, models_loaded, gpus, downgrade FROM workers ORDER BY worker_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(failed("listing workers"))?;
+        Ok(rows.iter().map(rows::worker_row).collect())
+    }
+
+    async fn worker_exists(&self, worker_id: &str) -> Result<bool, StoreError> {
+        let known: Option<String> = sqlx::query_scalar("SELECT worker_id FROM workers WHERE worker_id = ?1")
+            .bind(worker_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(failed("looking up a worker"))?;
+        Ok(known.is_some())
+    }
+
+    async fn recent_decisions(&self, limit: u32) -> Result<Vec<DecisionRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT decided_at, subject, decision, reason FROM policy_decisions ORDER BY id DESC LIMIT ?1")
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(failed("reading policy decisions"))?;
+        Ok(rows.iter().map(rows::decision_row).collect())
+    }
+
+    async fn downgraded_workers(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT worker_id FROM workers WHERE downgrade IS NOT NULL ORDER BY worker_id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(failed("listing downgraded workers"))
+    }
+
+    async fn in_flight(&self, kind: &str) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = ?1 AND status IN ('accepted', 'running')")
+                .bind(kind)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(failed("counting jobs in flight"))?;
+        Ok(n as u64)
+    }
+
+    async fn replicas(&self, kind: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workers WHERE NOT lost AND EXISTS (SELECT 1 FROM json_each(workers.slots) WHERE key = ?1)",
+        )
+        .bind(kind)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(failed("counting replicas"))?;
+        Ok(n as u64)
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
