@@ -135,7 +135,12 @@ impl Hub {
     }
 
     /// Publishes a message with a publisher confirm on the hub's session.
-    pub async fn publish(&self, exchange: &str, routing_key: &str, message: &ainern2d_queue::Message) -> anyhow::Result<()> {
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &ainern2d_queue::Message,
+    ) -> anyhow::Result<()> {
         let session =
             self.session.lock().await.clone().ok_or_else(|| anyhow::anyhow!("not connected to the broker"))?;
         session.publish(exchange, routing_key, message).await?;

@@ -9,17 +9,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Acker, Broker, Delivery, ExchangeKind, HeaderValue, Message, QueueError, QueueSpec, Result, Session,
-    Subscription,
+    Acker, Broker, Delivery, ExchangeKind, HeaderValue, Message, QueueError, QueueSpec, Result, Session, Subscription,
 };
 
 /// RabbitMQ at an `amqp://` URL.
@@ -162,9 +161,7 @@ fn message(props: &BasicProperties, data: Vec<u8>) -> Message {
     let headers: BTreeMap<String, HeaderValue> = props
         .headers()
         .as_ref()
-        .map(|h| {
-            h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_string(), header_value(v)?))).collect()
-        })
+        .map(|h| h.inner().iter().filter_map(|(k, v)| Some((k.as_str().to_string(), header_value(v)?))).collect())
         .unwrap_or_default();
     Message {
         body: data.into(),

@@ -17,8 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, Result, Session, Subscription,
-    topic_matches,
+    Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, Result, Session, Subscription, topic_matches,
 };
 
 /// The broker. Clones share the same queues.
@@ -310,11 +309,7 @@ fn expire(inner: &Arc<Inner>, queue: &str, key: ReadyKey) {
 #[async_trait]
 impl Broker for EmbeddedBroker {
     async fn connect(&self, _name: &str) -> Result<Arc<dyn Session>> {
-        Ok(Arc::new(EmbeddedSession {
-            inner: self.inner.clone(),
-            id: self.inner.id(),
-            lost: CancellationToken::new(),
-        }))
+        Ok(Arc::new(EmbeddedSession { inner: self.inner.clone(), id: self.inner.id(), lost: CancellationToken::new() }))
     }
 
     fn describe(&self) -> String {

@@ -214,7 +214,10 @@ async fn ttl_dead_letters_to_the_target(mut bed: Bed) {
         })
         .await;
     let started = std::time::Instant::now();
-    bed.session.publish("", &retry, &Message::json("later").with_header("x-attempt", HeaderValue::Int(2))).await.unwrap();
+    bed.session
+        .publish("", &retry, &Message::json("later").with_header("x-attempt", HeaderValue::Int(2)))
+        .await
+        .unwrap();
     let mut sub = bed.session.subscribe(&target, "t", 1).await.unwrap();
     let d = next(&mut sub).await;
     assert!(started.elapsed() >= Duration::from_millis(280), "delivered after {:?}", started.elapsed());

@@ -499,7 +499,8 @@ async fn finish(
             Disposition::Retry { next_attempt, level } => {
                 let f = failure.expect("a retry follows a failure");
                 // The copy keeps the job's headers and priority; only the attempt changes.
-                let mut copy = delivery.message.clone().with_header(ATTEMPT_HEADER, HeaderValue::Int(next_attempt.into()));
+                let mut copy =
+                    delivery.message.clone().with_header(ATTEMPT_HEADER, HeaderValue::Int(next_attempt.into()));
                 copy.persistent = true;
                 ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &copy).await?;
                 shared.metrics.retries.get_or_create(&Metrics::kind(kind.as_str())).inc();

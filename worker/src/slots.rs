@@ -43,7 +43,12 @@ impl Slots {
     }
 }
 
-async fn govern(semaphore: Arc<Semaphore>, configured: u32, withheld: Arc<AtomicU32>, mut target: watch::Receiver<u32>) {
+async fn govern(
+    semaphore: Arc<Semaphore>,
+    configured: u32,
+    withheld: Arc<AtomicU32>,
+    mut target: watch::Receiver<u32>,
+) {
     loop {
         let want = configured - *target.borrow_and_update();
         let have = withheld.load(Ordering::Relaxed);

@@ -114,11 +114,7 @@ pub async fn run(
 }
 
 /// Publishes again every job the status store holds as not finished: the in-process queue starts empty.
-async fn requeue_unfinished(
-    hub: &ainern2d_hub::Hub,
-    broker: &dyn Broker,
-    worker: &Config,
-) -> anyhow::Result<usize> {
+async fn requeue_unfinished(hub: &ainern2d_hub::Hub, broker: &dyn Broker, worker: &Config) -> anyhow::Result<usize> {
     let jobs = hub.store.unfinished_jobs().await?;
     if jobs.is_empty() {
         return Ok(0);
