@@ -101,9 +101,16 @@ async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() 
     let w = s.worker("").await;
     let id = s.worker_id(w.http_port);
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
-    let profile = DowngradeProfile { name: "gpu-hot".into(), llm_max_tokens: Some(4), ..Default::default() };
+    let profile = DowngradeProfile {
+        name: "gpu-hot".into(),
+        llm_max_tokens: Some(4),
+        slots: [("llm".to_string(), 1)].into(),
+        ..Default::default()
+    };
     s.control(&id, ControlCommand::ApplyDowngrade { profile }).await;
     wait_downgrade(w.http_port, Some("gpu-hot")).await;
+    // The profile's slots lower the kind's concurrency (4 configured).
+    wait_slots(w.http_port, "llm", 1).await;
     let params = serde_json::json!({"prompt": "hello", "max_tokens": 32});
     s.submit_with(JobKind::Llm, "capped", params.clone()).await;
     let capped = tap.terminal("capped", T).await;
@@ -114,6 +121,7 @@ async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() 
 
     s.control(&id, ControlCommand::ClearDowngrade).await;
     wait_downgrade(w.http_port, None).await;
+    wait_slots(w.http_port, "llm", 4).await;
     s.submit_with(JobKind::Llm, "full", params).await;
     let full = tap.terminal("full", T).await;
     assert_eq!(full.downgrade, None);
@@ -121,4 +129,17 @@ async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() 
         reqwest::get(full.outputs[0].presigned_url.clone().unwrap()).await.unwrap().json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 32);
     s.cleanup().await;
+}
+
+async fn wait_slots(http_port: u16, kind: &str, total: u64) {
+    let url = format!("http://127.0.0.1:{http_port}/ready");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if last["slots"][kind]["total"] == total {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{kind} slots never became {total}: {last}");
 }

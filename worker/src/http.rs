@@ -42,6 +42,10 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "status": if ok { "ok" } else { "unavailable" },
         "state": state,
         "downgrade": shared.downgrade().map(|d| d.name),
+        "slots": shared.slots.iter().map(|(k, s)| {
+            let (total, busy) = s.usage();
+            (k.as_str(), serde_json::json!({"total": total, "busy": busy}))
+        }).collect::<std::collections::BTreeMap<_, _>>(),
         "components": {
             "broker": word(broker),
             "store": word(store),
