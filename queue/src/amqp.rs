@@ -98,6 +98,19 @@ impl AmqpSession {
     }
 }
 
+impl AmqpSession {
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> lapin::Result<lapin::PublisherConfirm> {
+        let options = BasicPublishOptions::default();
+        let props = properties(message);
+        self.publisher.basic_publish(exchange.into(), routing_key.into(), options, &message.body, props).await
+    }
+}
+
 fn table(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in pairs {
@@ -252,17 +265,7 @@ impl Session for AmqpSession {
     }
 
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                &message.body,
-                properties(message),
-            )
-            .await?
-            .await?;
+        let confirm = self.send(exchange, routing_key, message).await?.await?;
         if confirm.is_nack() {
             return Err(QueueError::Nacked(format!("{exchange}/{routing_key}")));
         }
@@ -270,17 +273,7 @@ impl Session for AmqpSession {
     }
 
     async fn publish_nowait(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
-        drop(
-            self.publisher
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    &message.body,
-                    properties(message),
-                )
-                .await?,
-        );
+        drop(self.send(exchange, routing_key, message).await?);
         Ok(())
     }
 
