@@ -221,14 +221,20 @@ impl Worker {
 
     /// Waits for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "worker did not exit within {within:?}:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let logs = self.log.clone();
+        wait_child_exit(&mut self.child, within, || std::fs::read_to_string(&logs).unwrap_or_default()).await
+    }
+}
+
+/// Waits for a child process to exit and returns its exit code; past `within` the test fails with `logs()`.
+pub async fn wait_child_exit(child: &mut Child, within: Duration, logs: impl Fn() -> String) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
         }
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

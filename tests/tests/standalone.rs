@@ -119,14 +119,9 @@ impl Standalone {
     }
 
     async fn wait_exit(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "standalone did not exit within {within:?}:\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = self.log.clone();
+        ainern2d_tests::wait_child_exit(&mut self.child, within, || std::fs::read_to_string(&log).unwrap_or_default())
+            .await
     }
 }
 
