@@ -1,12 +1,14 @@
-//! Inference backends behind one trait, [`Pipeline`], and the mock pipelines that make the whole job path
-//! work on a laptop with no GPU: `llm` streams deterministic text, `audio` writes a WAV, `video` encodes a
-//! real H.264 MP4 with FFmpeg, `lipsync` muxes a video with an audio track.
+//! Inference backends behind one trait, [`Pipeline`]: the `llm` pipeline ([`LlmPipeline`]: candle in
+//! process, or an OpenAI-compatible server, per the model manifest), and the mock pipelines that make the
+//! whole job path work on a laptop with no GPU: `llm` streams deterministic text, `audio` writes a WAV,
+//! `video` encodes a real H.264 MP4 with FFmpeg, `lipsync` muxes a video with an audio track.
 //!
 //! A pipeline is synchronous and CPU/GPU-bound: the worker calls [`Pipeline::run`] on a blocking thread,
 //! never on the async reactor. This crate must not know about the broker, the object store or HTTP: inputs
 //! arrive as local files, outputs leave as local files.
 
 mod error;
+pub mod llm;
 mod media;
 mod mock;
 
@@ -17,6 +19,7 @@ use ainern2d_contract::{DowngradeProfile, Job, JobKind};
 pub use tokio_util::sync::CancellationToken;
 
 pub use error::{PipelineError, PipelineErrorKind};
+pub use llm::LlmPipeline;
 pub use mock::{FaultKind, MockConfig, MockPipeline};
 
 /// Everything a pipeline needs to run one job.
@@ -44,6 +47,11 @@ pub struct Artifact {
 /// per frame and the worker throttles what it publishes.
 pub trait ProgressSink: Send + Sync {
     fn progress(&self, fraction: f32, stage: &str, message: Option<String>);
+    /// Generation progress: `tokens` generated so far at `tokens_per_s`. Sinks that carry structured
+    /// progress override this; the default folds it into a message.
+    fn tokens(&self, fraction: f32, tokens: u32, tokens_per_s: f32) {
+        self.progress(fraction, "generate", Some(format!("{tokens} tokens, {tokens_per_s:.1} tok/s")));
+    }
 }
 
 /// A sink that drops everything (one-shot runs without a UI, tests).
@@ -66,6 +74,10 @@ pub trait Pipeline: Send + Sync {
     /// artifacts). A backend that writes nothing says no and the worker skips the scratch directory.
     fn needs_workdir(&self) -> bool {
         true
+    }
+    /// Loads what the pipeline keeps warm (the manifest's `warm` models) before the worker reports ready.
+    fn warm_up(&self) -> Result<(), PipelineError> {
+        Ok(())
     }
     /// Runs the job to completion on the calling (blocking) thread. Must return promptly with
     /// [`PipelineErrorKind::Cancelled`] once `cancel` fires.

@@ -1,0 +1,209 @@
+//! Generation by an OpenAI-compatible server (Ollama, vLLM, llm-proxy): `POST {endpoint}/chat/completions`
+//! with `stream: true`, read as server-sent events. The same progress events and output as in-process
+//! generation; cancellation drops the stream (the server stops generating when the connection closes).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ainern2d_models::RemoteSpec;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::local::find_stop;
+use super::{Finish, GenRequest, Generation};
+use crate::ProgressSink;
+use crate::error::PipelineError;
+
+/// The OpenAI API accepts at most this many stop strings; the rest are enforced here.
+const MAX_REMOTE_STOPS: usize = 4;
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .expect("building an HTTP client with static settings")
+    })
+}
+
+/// Runs the streaming request on the worker's runtime (this is called on a blocking thread), or on a
+/// private one when there is none (one-shot tools, tests).
+pub fn generate(
+    remote: &RemoteSpec,
+    req: &GenRequest<'_>,
+    progress: &dyn ProgressSink,
+    cancel: &CancellationToken,
+) -> Result<Generation, PipelineError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(stream(client(), remote, req, progress, cancel)),
+        Err(_) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| PipelineError::retryable(format!("cannot start an HTTP runtime: {e}")))?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| PipelineError::retryable(format!("cannot build an HTTP client: {e}")))?;
+            rt.block_on(stream(&client, remote, req, progress, cancel))
+        }
+    }
+}
+
+fn body(remote: &RemoteSpec, req: &GenRequest<'_>) -> serde_json::Value {
+    let p = req.params;
+    let mut messages = Vec::new();
+    if let Some(system) = p.system.as_deref().filter(|s| !s.is_empty()) {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": p.prompt}));
+    let mut body = serde_json::json!({
+        "model": remote.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": req.max_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "seed": req.seed,
+    });
+    let extra = body.as_object_mut().expect("object");
+    if !p.stop.is_empty() {
+        extra.insert("stop".into(), p.stop.iter().take(MAX_REMOTE_STOPS).cloned().collect());
+    }
+    // Not in OpenAI's API; vLLM and llm-proxy honour them, Ollama ignores them.
+    if let Some(k) = p.top_k {
+        extra.insert("top_k".into(), k.into());
+    }
+    if p.repetition_penalty != 1.0 {
+        extra.insert("repetition_penalty".into(), p.repetition_penalty.into());
+    }
+    body
+}
+
+fn short(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+async fn stream(
+    client: &reqwest::Client,
+    remote: &RemoteSpec,
+    req: &GenRequest<'_>,
+    progress: &dyn ProgressSink,
+    cancel: &CancellationToken,
+) -> Result<Generation, PipelineError> {
+    let url = format!("{}/chat/completions", remote.endpoint.trim_end_matches('/'));
+    let mut request = client.post(&url).json(&body(remote, req));
+    if let Some(var) = &remote.api_key_env {
+        let key = std::env::var(var).map_err(|_| {
+            PipelineError::permanent(format!("model `{}` wants an API key in ${var}, which is not set", req.model))
+        })?;
+        request = request.bearer_auth(key);
+    }
+    let started = Instant::now();
+    let idle = Duration::from_secs(remote.idle_timeout_s.max(1));
+    progress.progress(0.0, "prompt", Some(format!("waiting for {}", remote.model)));
+    let response = tokio::select! {
+        _ = cancel.cancelled() => return Err(PipelineError::cancelled()),
+        r = tokio::time::timeout(idle, request.send()) => match r {
+            Err(_) => return Err(PipelineError::retryable(format!("{url} did not answer within {}s", idle.as_secs()))),
+            Ok(Err(e)) => return Err(PipelineError::retryable(format!("{url}: {e}"))),
+            Ok(Ok(r)) => r,
+        },
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let message = format!("{url} answered {status}: {}", short(&text));
+        // Overload and server trouble pass; a rejected request (bad model name, prompt too long for the
+        // context, bad key) fails the same way every time.
+        return Err(if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+            PipelineError::retryable(message)
+        } else {
+            PipelineError::permanent(message)
+        });
+    }
+    let mut bytes = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut text = String::new();
+    let mut chunks = 0u64;
+    let mut usage: Option<(Option<u64>, Option<u64>)> = None;
+    let mut finish = Finish::Length;
+    let mut first_token_s = None;
+    let mut gen_started = None;
+    let max_stop = req.params.stop.iter().map(String::len).max().unwrap_or(0);
+    'read: loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Err(PipelineError::cancelled()),
+            n = tokio::time::timeout(idle, bytes.next()) => n,
+        };
+        let chunk = match next {
+            Err(_) => {
+                return Err(PipelineError::retryable(format!("{url} sent nothing for {}s mid-stream", idle.as_secs())));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(PipelineError::retryable(format!("{url}: stream broken: {e}"))),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else { continue };
+            if data == "[DONE]" {
+                break 'read;
+            }
+            let event: serde_json::Value = serde_json::from_str(data)
+                .map_err(|e| PipelineError::retryable(format!("{url} sent an unreadable event ({e}): {}", short(data))))?;
+            if let Some(error) = event.get("error") {
+                return Err(PipelineError::permanent(format!("{url} reported an error: {}", short(&error.to_string()))));
+            }
+            if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
+                usage = Some((
+                    u.get("prompt_tokens").and_then(|v| v.as_u64()),
+                    u.get("completion_tokens").and_then(|v| v.as_u64()),
+                ));
+            }
+            let Some(choice) = event.get("choices").and_then(|c| c.get(0)) else { continue };
+            if let Some(piece) = choice.pointer("/delta/content").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+                first_token_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                let since = *gen_started.get_or_insert_with(Instant::now);
+                chunks += 1;
+                let from = text.len().saturating_sub(max_stop);
+                text.push_str(piece);
+                if let Some(at) = find_stop(&text, from, &req.params.stop) {
+                    text.truncate(at);
+                    finish = Finish::Stop;
+                    break 'read;
+                }
+                let per_s = chunks as f64 / since.elapsed().as_secs_f64().max(1e-9);
+                progress.tokens((chunks as f32 / req.max_tokens as f32).min(1.0), chunks as u32, per_s as f32);
+            }
+            match choice.get("finish_reason").and_then(|v| v.as_str()) {
+                Some("length") => finish = Finish::Length,
+                Some(_) => finish = Finish::Stop,
+                None => {}
+            }
+        }
+    }
+    let first = first_token_s.unwrap_or_else(|| started.elapsed().as_secs_f64());
+    let (prompt_tokens, completion) = usage.unwrap_or((None, None));
+    Ok(Generation {
+        text,
+        finish,
+        prompt_tokens,
+        // Servers stream about one token per chunk; the usage record, when sent, is exact.
+        completion_tokens: completion.unwrap_or(chunks),
+        prompt_eval_s: first,
+        time_to_first_token_s: first,
+        generation_s: gen_started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        context_length: None,
+        truncated_to_context: false,
+        template: None,
+    })
+}
