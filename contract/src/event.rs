@@ -55,6 +55,12 @@ pub struct Progress {
     pub stage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Text generation: tokens generated so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u32>,
+    /// Text generation: tokens per second since the first generated token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f32>,
 }
 
 /// One stored output object.

@@ -213,7 +213,7 @@ impl ModelSpec {
             Some(i) => &first.location[..=i],
             None => "",
         };
-        Some(FileRef { location: format!("{dir}config.json"), sha256: None })
+        Some(FileRef { location: format!("{dir}config.json"), sha256: self.config_sha256.clone() })
     }
 }
 

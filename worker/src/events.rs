@@ -85,9 +85,9 @@ impl Emitter {
         self.send(&self.event(status), false).await
     }
 
-    pub async fn progress(&self, fraction: f32, stage: &str, message: Option<String>) -> Result<(), BrokerError> {
+    pub async fn progress(&self, progress: Progress) -> Result<(), BrokerError> {
         let mut event = self.event(EventStatus::Progress);
-        event.progress = Some(Progress { fraction, stage: stage.into(), message });
+        event.progress = Some(progress);
         self.send(&event, false).await
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
 use ainern2d_contract::{
-    ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, WorkerState, parse_job,
+    ContractError, ErrorCode, ErrorInfo, EventStatus, Job, JobKind, OutputObject, Progress, WorkerState, parse_job,
 };
 use ainern2d_pipelines::{Artifact, CancellationToken, PipelineErrorKind, ProgressSink, RunRequest};
 use ainern2d_queue::{Delivery, HeaderValue};
@@ -283,11 +283,21 @@ async fn fetch_inputs(
 }
 
 /// Forwards pipeline progress to the event stream at a bounded rate.
-struct ChannelSink(tokio::sync::mpsc::UnboundedSender<(f32, String, Option<String>)>);
+struct ChannelSink(tokio::sync::mpsc::UnboundedSender<Progress>);
 
 impl ProgressSink for ChannelSink {
     fn progress(&self, fraction: f32, stage: &str, message: Option<String>) {
-        let _ = self.0.send((fraction, stage.to_string(), message));
+        let _ = self.0.send(Progress { fraction, stage: stage.to_string(), message, tokens: None, tokens_per_s: None });
+    }
+
+    fn tokens(&self, fraction: f32, tokens: u32, tokens_per_s: f32) {
+        let _ = self.0.send(Progress {
+            fraction,
+            stage: "generate".into(),
+            message: Some(format!("{tokens} tokens, {tokens_per_s:.1} tok/s")),
+            tokens: Some(tokens),
+            tokens_per_s: Some(tokens_per_s),
+        });
     }
 }
 
@@ -303,7 +313,7 @@ async fn infer(
     cancel: &CancellationToken,
 ) -> Result<(Vec<Hashed>, Option<tempfile::TempDir>), Stop> {
     let pipeline = shared.pipelines[&job.kind()].clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f32, String, Option<String>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let interval = Duration::from_millis(shared.config.events.progress_interval_ms);
     let job_owned = job.clone();
     let cancel_owned = cancel.clone();
@@ -344,10 +354,10 @@ async fn infer(
     let result = loop {
         tokio::select! {
             done = &mut result => break done,
-            Some((fraction, stage, message)) = rx.recv() => {
+            Some(progress) = rx.recv() => {
                 if last.elapsed() >= interval {
                     last = Instant::now();
-                    let _ = emitter.progress(fraction, &stage, message).await;
+                    let _ = emitter.progress(progress).await;
                 }
             }
         }
