@@ -26,6 +26,7 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub shutdown: ShutdownConfig,
     pub mock: MockConfig,
+    pub models: ModelsConfig,
     pub log: LogConfig,
     /// Where jobs get their scratch directories.
     pub scratch_dir: PathBuf,
@@ -56,9 +57,12 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// Delay before retry n (the last one repeats). Each delay is a retry queue with that TTL.
     pub retry_delays_ms: Vec<u64>,
-    /// Inference backend for every served kind: `mock` (synthetic real media) or `noop` (no output; for
-    /// measuring the runtime itself).
+    /// Inference backend for every served kind: `mock` (synthetic real media), `noop` (no output; for
+    /// measuring the runtime itself) or `inference` (the models of `models.manifest`: candle in process or
+    /// an OpenAI-compatible server, per model; `llm` only so far).
     pub backend: Backend,
+    /// Per-kind overrides of `backend`, e.g. `{ llm = "inference" }`.
+    pub backends: BTreeMap<JobKind, Backend>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +70,17 @@ pub struct JobsConfig {
 pub enum Backend {
     Mock,
     Noop,
+    Inference,
+}
+
+/// Kinds that have a real inference pipeline.
+pub const INFERENCE_KINDS: [JobKind; 1] = [JobKind::Llm];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The model manifest (TOML): which models exist, where their files are, what stays warm.
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,6 +189,7 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             shutdown: ShutdownConfig::default(),
             mock: MockConfig::default(),
+            models: ModelsConfig::default(),
             log: LogConfig::default(),
             scratch_dir: std::env::temp_dir().join("ainern2d-worker"),
         }
@@ -199,6 +215,7 @@ impl Default for JobsConfig {
             max_attempts: 3,
             retry_delays_ms: vec![1_000, 10_000, 60_000],
             backend: Backend::Mock,
+            backends: BTreeMap::new(),
         }
     }
 }
@@ -328,6 +345,15 @@ impl Config {
             if self.slots(*kind) == 0 {
                 return bad(&format!("jobs.slots.{kind}"), "must be at least 1 for a served kind");
             }
+            if self.backend(*kind) == Backend::Inference {
+                let key = if self.jobs.backends.contains_key(kind) { format!("jobs.backends.{kind}") } else { "jobs.backend".into() };
+                if !INFERENCE_KINDS.contains(kind) {
+                    return bad(&key, &format!("there is no inference pipeline for {kind} jobs yet (use mock)"));
+                }
+                if self.models.manifest.is_none() {
+                    return bad("models.manifest", &format!("{key} = \"inference\" needs a model manifest"));
+                }
+            }
         }
         if self.jobs.max_attempts == 0 {
             return bad("jobs.max_attempts", "must be at least 1");
@@ -349,6 +375,11 @@ impl Config {
         }
         self.mock.validate().map_err(|e| format!("config key `{e}"))?;
         Ok(())
+    }
+
+    /// The backend that serves `kind`.
+    pub fn backend(&self, kind: JobKind) -> Backend {
+        self.jobs.backends.get(&kind).copied().unwrap_or(self.jobs.backend)
     }
 
     pub fn slots(&self, kind: JobKind) -> u32 {
@@ -391,6 +422,8 @@ mod tests {
             ("[mock]\nfailure_rate = 2.0", "mock.failure_rate"),
             ("[store]\nbukket = \"x\"", "bukket"),
             ("[jobs]\nkinds = [\"image\"]", "jobs.kinds"),
+            ("[jobs.backends]\nllm = \"inference\"", "models.manifest"),
+            ("[jobs.backends]\nvideo = \"inference\"\n[models]\nmanifest = \"m.toml\"", "jobs.backends.video"),
         ];
         for (toml, key) in table {
             let err = Config::from_toml(toml).unwrap_err();

@@ -1,17 +1,20 @@
-//! One-shot mode: run one job file locally, with no broker and no S3, and show a progress bar
-//! (`ainern2d-worker exec examples/jobs/video.json --out DIR`).
+//! One-shot mode: run one job file locally, with no broker, and show a progress bar
+//! (`ainern2d-worker exec examples/jobs/video.json --out DIR`). `llm` jobs run on the models of the model
+//! manifest (`models.manifest`, else `./models.toml`); the other kinds, and `llm` without a manifest, on
+//! the mock pipelines.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ainern2d_contract::parse_job;
-use ainern2d_pipelines::{CancellationToken, MockPipeline, Pipeline, ProgressSink, RunRequest};
+use ainern2d_contract::{JobKind, parse_job};
+use ainern2d_pipelines::{CancellationToken, LlmPipeline, MockPipeline, Pipeline, ProgressSink, RunRequest};
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::fetch::Fetcher;
+use crate::store::ArtifactStore;
 
 struct Bar(indicatif::ProgressBar);
 
@@ -23,6 +26,36 @@ impl ProgressSink for Bar {
             None => stage.to_string(),
         });
     }
+}
+
+/// The manifest `exec` uses for `llm` jobs: the configured one, else `./models.toml` when present.
+pub fn discover_manifest(config: &Config) -> Option<PathBuf> {
+    config.models.manifest.clone().or_else(|| {
+        let local = PathBuf::from("models.toml");
+        local.is_file().then_some(local)
+    })
+}
+
+fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<Arc<dyn Pipeline>> {
+    if kind != JobKind::Llm {
+        return Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())));
+    }
+    let Some(manifest) = discover_manifest(config) else {
+        if !quiet {
+            eprintln!("llm: no model manifest (models.manifest or ./models.toml): the mock pipeline answers");
+        }
+        return Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())));
+    };
+    // s3:// model files come through the configured S3 endpoint.
+    let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
+        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
+        StoreKind::Local => None,
+    };
+    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), None)?;
+    if !quiet {
+        eprintln!("llm: models from {} on {}", manifest.display(), models.device_key);
+    }
+    Ok(Arc::new(LlmPipeline::new(models)))
 }
 
 /// Runs the job in `job_file` and writes its outputs to `out`. Relative input paths are resolved against the
@@ -39,7 +72,7 @@ pub async fn exec(config: &Config, job_file: &Path, out: &Path, quiet: bool) -> 
         fetcher.fetch(name, &url.0, &dest).await?;
         inputs.insert(name.clone(), dest);
     }
-    let pipeline: Arc<dyn Pipeline> = Arc::new(MockPipeline::new(job.kind(), config.mock.clone()));
+    let pipeline = pipeline_for(config, job.kind(), quiet)?;
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(1000) };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
@@ -57,7 +90,14 @@ pub async fn exec(config: &Config, job_file: &Path, out: &Path, quiet: bool) -> 
         r
     })
     .await?;
-    let artifacts = result.map_err(|e| anyhow::anyhow!("{} job {} failed: {}", job.kind(), job.job_id, e.message))?;
+    let artifacts = result.map_err(|e| {
+        let hint = if e.message.contains("examples/models/") && e.message.contains("does not exist") {
+            "\n  (generate the example models first: ainern2d-worker models tiny examples/models)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{} job {} failed: {}{hint}", job.kind(), job.job_id, e.message)
+    })?;
     let mut written = Vec::new();
     for a in artifacts {
         let dest = out.join(&a.name);
@@ -66,6 +106,73 @@ pub async fn exec(config: &Config, job_file: &Path, out: &Path, quiet: bool) -> 
     }
     if !quiet {
         eprintln!("{} job {} finished in {:.2}s", job.kind(), job.job_id, started.elapsed().as_secs_f64());
+        if let Some(summary) = written.iter().find(|p| p.ends_with("completion.json")).and_then(|p| llm_summary(p)) {
+            eprintln!("{summary}");
+        }
     }
     Ok(written)
+}
+
+/// One line about a completion: tokens, speed, model.
+fn llm_summary(path: &Path) -> Option<String> {
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(format!(
+        "{} tokens at {:.1} tok/s (prompt {} tokens, model {}, {} on {}, finish {})",
+        c["usage"]["completion_tokens"],
+        c["timings"]["tokens_per_s"].as_f64()?,
+        c["usage"]["prompt_tokens"],
+        c["model"].as_str()?,
+        c["backend"].as_str().unwrap_or("mock"),
+        c["device"].as_str().unwrap_or("cpu"),
+        c["finish_reason"].as_str().unwrap_or("?"),
+    ))
+}
+
+/// `ainern2d-worker models check`: loads every in-process model of the manifest (downloading `s3://`
+/// files into the cache first) and prints one line per model. Fails when any model fails.
+pub async fn check_models(config: &Config) -> anyhow::Result<()> {
+    let manifest = discover_manifest(config)
+        .ok_or_else(|| anyhow::anyhow!("no model manifest: pass one, set models.manifest, or create ./models.toml"))?;
+    let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
+        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
+        StoreKind::Local => None,
+    };
+    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), None)?;
+    println!("{}: {} models, device {}", manifest.display(), models.manifest.models.len(), models.device_key);
+    let pipeline = LlmPipeline::new(models.clone());
+    let mut failed = 0;
+    for (name, spec) in &models.manifest.models {
+        let line = match (spec.kind, spec.backend) {
+            (ainern2d_models::ModelKind::Llm, ainern2d_models::ModelBackend::Candle) => {
+                let p = pipeline.clone();
+                let n = name.clone();
+                let started = Instant::now();
+                match tokio::task::spawn_blocking(move || p.load(&n)).await? {
+                    Ok((model, _)) => format!(
+                        "ok    {name}: {} {:?}, context {} tokens, loaded in {:.2}s",
+                        model.architecture,
+                        model.format,
+                        model.context,
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        format!("FAIL  {name}: {}", e.message)
+                    }
+                }
+            }
+            (_, ainern2d_models::ModelBackend::Openai) => {
+                let remote = spec.remote.as_ref().map(|r| format!("{} at {}", r.model, r.endpoint)).unwrap_or_default();
+                format!("skip  {name}: served by {remote} (not contacted)")
+            }
+            (kind, _) => format!("skip  {name}: {kind:?} models are not loaded by this worker yet"),
+        };
+        println!("{line}");
+    }
+    let resident: u64 = models.cache.resident().iter().map(|r| r.bytes).sum();
+    println!("resident: {} MB of the {} MB budget", resident / (1024 * 1024), models.cache.budget(&models.device_key) / (1024 * 1024));
+    if failed > 0 {
+        anyhow::bail!("{failed} model(s) failed to load");
+    }
+    Ok(())
 }

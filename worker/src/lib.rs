@@ -16,6 +16,7 @@ pub mod http;
 pub mod job;
 pub mod lifecycle;
 pub mod metrics;
+pub mod models;
 pub mod runner;
 pub mod s3;
 pub mod slots;
@@ -29,10 +30,10 @@ use std::time::Duration;
 
 use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{JobKind, WorkerState};
-use ainern2d_pipelines::{MockPipeline, NoopPipeline, Pipeline};
+use ainern2d_pipelines::Pipeline;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backend, Config, StoreKind};
+use crate::config::{Config, StoreKind};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::store::{ArtifactStore, LocalStore};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub store: Arc<dyn ArtifactStore>,
     pub fetcher: Fetcher,
     pub pipelines: BTreeMap<JobKind, Arc<dyn Pipeline>>,
+    /// The model manifest and warm-model cache, when `models.manifest` is set.
+    pub models: Option<Arc<ainern2d_models::Models>>,
     /// Inference slots per kind (a downgrade profile may lower them).
     pub slots: BTreeMap<JobKind, slots::Slots>,
     pub metrics: Metrics,
@@ -93,18 +96,23 @@ impl Shared {
         local_inputs: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Arc<Self>> {
         let fetcher = Fetcher::new(&config.fetch, Some(store.clone()), local_inputs);
+        let mut metrics = Metrics::new();
+        let gpus = heartbeat::Gpus::open();
+        let models = match &config.models.manifest {
+            Some(path) => {
+                let cache_metrics = ainern2d_models::CacheMetrics::new();
+                cache_metrics.register(&mut metrics.registry);
+                let gpu_total = gpus.stats().first().map(|g| g.memory_total_bytes);
+                Some(models::open(path, Some(store.clone()), cache_metrics, gpu_total)?)
+            }
+            None => None,
+        };
         let pipelines = config
             .jobs
             .kinds
             .iter()
-            .map(|k| {
-                let pipeline: Arc<dyn Pipeline> = match config.jobs.backend {
-                    Backend::Mock => Arc::new(MockPipeline::new(*k, config.mock.clone())),
-                    Backend::Noop => Arc::new(NoopPipeline(*k)),
-                };
-                (*k, pipeline)
-            })
-            .collect();
+            .map(|k| Ok((*k, models::pipeline(&config, *k, models.as_ref())?)))
+            .collect::<anyhow::Result<_>>()?;
         let slots = config.jobs.kinds.iter().map(|k| (*k, slots::Slots::new(config.slots(*k)))).collect();
         std::fs::create_dir_all(&config.scratch_dir)
             .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
@@ -115,9 +123,10 @@ impl Shared {
             store,
             fetcher,
             pipelines,
+            models,
             slots,
-            metrics: Metrics::new(),
-            gpus: heartbeat::Gpus::open(),
+            metrics,
+            gpus,
             broker_connected: AtomicBool::new(false),
             store_ready: AtomicBool::new(false),
             state: AtomicU8::new(0),
@@ -193,10 +202,37 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop.clone()));
     tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
-    let result = runner::run(shared.clone(), shutdown).await;
+    let result = match warm_up(&shared, &shutdown).await {
+        Ok(()) if shutdown.is_cancelled() => Ok(()),
+        Ok(()) => runner::run(shared.clone(), shutdown).await,
+        Err(e) => Err(e),
+    };
     http_stop.cancel();
     let _ = http.await;
     result
+}
+
+/// Loads what the pipelines keep warm (the manifest's `warm` models) before the worker takes jobs: until
+/// then it is `starting` and `/ready` says no. A model that cannot load stops the worker with the reason.
+async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    for (kind, pipeline) in &shared.pipelines {
+        let pipeline = pipeline.clone();
+        let started = std::time::Instant::now();
+        let loading = tokio::task::spawn_blocking(move || pipeline.warm_up());
+        tokio::select! {
+            done = loading => done
+                .map_err(|e| anyhow::anyhow!("warming up the {kind} pipeline panicked: {e}"))?
+                .map_err(|e| anyhow::anyhow!("warming up the {kind} pipeline failed: {}", e.message))?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if let Some(models) = &shared.models
+            && *kind == JobKind::Llm
+            && !models.manifest.warm.is_empty()
+        {
+            tracing::info!(kind = %kind, seconds = started.elapsed().as_secs_f64(), resident = ?models.cache.resident().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "warm-up done");
+        }
+    }
+    Ok(())
 }
 
 /// Creates the output bucket when configured to, then keeps the store's readiness current.

@@ -28,12 +28,19 @@ struct Cli {
 enum Command {
     /// Run the daemon: consume jobs until SIGTERM/SIGINT, then drain.
     Run,
-    /// Run one job file locally with no broker or S3, and write its outputs to --out.
+    /// Run one job file locally with no broker, and write its outputs to --out. `llm` jobs run on the
+    /// model manifest (--models, models.manifest, or ./models.toml); other kinds on the mock pipelines.
     Exec {
         job: PathBuf,
         #[arg(long, default_value = "outputs")]
         out: PathBuf,
+        /// The model manifest (overrides models.manifest).
+        #[arg(long)]
+        models: Option<PathBuf>,
     },
+    /// Model manifest tools.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// The local mode: hub and worker in one process with an in-process queue, SQLite and a local output
     /// directory. Serves the hub API and prints how to submit a job.
     Standalone {
@@ -52,6 +59,19 @@ enum Command {
         /// Relative input paths of submitted jobs are read below this directory.
         #[arg(long, default_value = ".")]
         inputs_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Write tiny random-weight models in the real formats (GGUF, safetensors + config + tokenizer) into
+    /// DIR: what the example manifest `models.toml` and the tests run.
+    Tiny { dir: PathBuf },
+    /// Validate a manifest, download its s3:// files into the cache, load every in-process model and
+    /// report load time and memory (a pre-flight for a new host or manifest).
+    Check {
+        /// The manifest (default: models.manifest, else ./models.toml).
+        manifest: Option<PathBuf>,
     },
 }
 
@@ -107,12 +127,29 @@ async fn main() -> anyhow::Result<()> {
             let opts = ainern2d_worker::standalone::Options { data_dir, listen, worker_listen, inputs_dir };
             ainern2d_worker::standalone::run(config, hub, opts, shutdown).await
         }
-        Command::Exec { job, out } => {
+        Command::Exec { job, out, models } => {
+            let mut config = config;
+            if models.is_some() {
+                config.models.manifest = models;
+            }
             let written = ainern2d_worker::exec::exec(&config, &job, &out, false).await?;
             for path in written {
                 println!("{}", path.display());
             }
             Ok(())
+        }
+        Command::Models(ModelsCommand::Tiny { dir }) => {
+            for path in ainern2d_pipelines::llm::tiny::write_examples(&dir).map_err(|e| anyhow::anyhow!(e))? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Models(ModelsCommand::Check { manifest }) => {
+            let mut config = config;
+            if manifest.is_some() {
+                config.models.manifest = manifest;
+            }
+            ainern2d_worker::exec::check_models(&config).await
         }
     }
 }

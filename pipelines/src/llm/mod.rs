@@ -118,6 +118,11 @@ impl LlmPipeline {
     }
 }
 
+/// An f32 as the decimal it was written as (`0.8`, not `0.800000011920929`).
+fn short_f32(v: f32) -> serde_json::Value {
+    v.to_string().parse::<f64>().map_or(serde_json::Value::Null, serde_json::Value::from)
+}
+
 fn derived_seed(job_id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     job_id.hash(&mut h);
@@ -214,10 +219,10 @@ impl Pipeline for LlmPipeline {
             },
             "model_cache": cache_hit.map(|hit| if hit { "hit" } else { "miss" }),
             "sampling": {
-                "temperature": params.temperature,
-                "top_p": params.top_p,
+                "temperature": short_f32(params.temperature),
+                "top_p": short_f32(params.top_p),
                 "top_k": params.top_k,
-                "repetition_penalty": params.repetition_penalty,
+                "repetition_penalty": short_f32(params.repetition_penalty),
                 "seed": gen_req.seed,
                 "max_tokens": max_tokens,
                 "stop": params.stop,
