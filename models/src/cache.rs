@@ -137,7 +137,13 @@ impl ModelCache {
 
     /// The loaded model `name`, loading it with `load` on a miss (after evicting what must go). Returns
     /// the lease and whether it was already loaded. `bytes` is the model's memory estimate.
-    pub fn get_or_load<T, F>(&self, name: &str, device: &str, bytes: u64, load: F) -> Result<(Lease<T>, bool), ModelError>
+    pub fn get_or_load<T, F>(
+        &self,
+        name: &str,
+        device: &str,
+        bytes: u64,
+        load: F,
+    ) -> Result<(Lease<T>, bool), ModelError>
     where
         T: Send + Sync + 'static,
         F: FnOnce() -> Result<T, ModelError>,

@@ -85,15 +85,11 @@ impl FileCache {
 
     fn download(&self, file: &FileRef) -> Result<PathBuf, ModelError> {
         let location = &file.location;
-        let expected = file
-            .sha256
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .ok_or_else(|| ModelError::Download {
-                location: location.clone(),
-                message: "an s3:// model file needs a sha256 in the manifest".into(),
-                retryable: false,
-            })?;
+        let expected = file.sha256.as_deref().map(str::to_ascii_lowercase).ok_or_else(|| ModelError::Download {
+            location: location.clone(),
+            message: "an s3:// model file needs a sha256 in the manifest".into(),
+            retryable: false,
+        })?;
         let name = location.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("model");
         let dir = self.cache_dir.join(&expected);
         let target = dir.join(name);
@@ -131,7 +127,11 @@ impl FileCache {
         let verified = result.and_then(|bytes| {
             let actual = sha256_file(&part).map_err(|e| cache_err(format!("cannot read {}: {e}", part.display())))?;
             if actual != expected {
-                return Err(ModelError::ChecksumMismatch { location: location.clone(), expected: expected.clone(), actual });
+                return Err(ModelError::ChecksumMismatch {
+                    location: location.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
             }
             Ok(bytes)
         });
@@ -189,9 +189,8 @@ mod tests {
         let s3 = fake(&[("s3://models/w.gguf", b"weights")]);
         let file = FileRef { location: "s3://models/w.gguf".into(), sha256: Some(sha(b"weights")) };
         // Two caches over one directory: two worker processes sharing a cache volume.
-        let caches: Vec<_> = (0..2)
-            .map(|_| Arc::new(FileCache::new(dir.path().into(), dir.path().into(), Some(s3.clone()))))
-            .collect();
+        let caches: Vec<_> =
+            (0..2).map(|_| Arc::new(FileCache::new(dir.path().into(), dir.path().into(), Some(s3.clone())))).collect();
         let handles: Vec<_> = caches
             .iter()
             .cloned()
@@ -219,7 +218,8 @@ mod tests {
         assert!(matches!(err, ModelError::ChecksumMismatch { .. }), "{err}");
         assert!(err.to_string().contains(&sha(b"tampered")), "{err}");
         assert!(!err.is_retryable());
-        let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.extension().is_none_or(|e| e != "lock")).collect();
+        let leftovers: Vec<_> =
+            walk(dir.path()).into_iter().filter(|p| p.extension().is_none_or(|e| e != "lock")).collect();
         assert!(leftovers.iter().all(|p| p.is_dir()), "partial files left: {leftovers:?}");
     }
 

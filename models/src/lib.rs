@@ -16,9 +16,7 @@ pub use cache::{CacheMetrics, Lease, ModelCache};
 pub use device::{DeviceSpec, open_device};
 pub use error::ModelError;
 pub use files::{Fetch, FileCache, sha256_file};
-pub use manifest::{
-    Budget, FileRef, Manifest, ModelBackend, ModelFormat, ModelKind, ModelSpec, OneOrMany, RemoteSpec,
-};
+pub use manifest::{Budget, FileRef, Manifest, ModelBackend, ModelFormat, ModelKind, ModelSpec, OneOrMany, RemoteSpec};
 
 use std::path::PathBuf;
 use std::sync::Arc;

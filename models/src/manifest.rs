@@ -402,12 +402,21 @@ tokenizer = "tokenizer.json"
             (GOOD.replace("default_llm = \"tiny\"", "default_llm = \"nope\""), "default_llm `nope`"),
             (GOOD.replace("warm = [\"tiny\"]", "warm = [\"ghost\"]"), "warm names `ghost`"),
             (GOOD.replace("format = \"gguf\"\n", ""), "models.tiny: needs `format`"),
-            (GOOD.replace("tokenizer_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n", ""), "needs its sha256"),
+            (
+                GOOD.replace(
+                    "tokenizer_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+                    "",
+                ),
+                "needs its sha256",
+            ),
             (GOOD.replace("config_sha256", "#"), "config.json is in S3 and needs its sha256"),
             (GOOD.replace("http://127.0.0.1:11434/v1", "ftp://x"), "remote.endpoint"),
             (GOOD.replace("memory_mb = 4", "memory_mb = 0"), "memory_mb"),
             (GOOD.replace("memory_mb = 4", "memry_mb = 4"), "memry_mb"),
-            (GOOD.replace("\"2222222222222222222222222222222222222222222222222222222222222222\"", ""), "2 source files but 1 sha256"),
+            (
+                GOOD.replace("\"2222222222222222222222222222222222222222222222222222222222222222\"", ""),
+                "2 source files but 1 sha256",
+            ),
         ];
         for (text, want) in table {
             let err = Manifest::from_toml(&text, Path::new(".")).unwrap_err().to_string();

@@ -123,7 +123,7 @@ fn every_architecture_and_format_generates_and_the_same_seed_gives_the_same_text
         assert_eq!(a["text"], b["text"], "{model}: same seed, same text");
         assert_eq!(a["usage"]["completion_tokens"], b["usage"]["completion_tokens"]);
         let completion = a["usage"]["completion_tokens"].as_u64().unwrap();
-        assert!(completion >= 1 && completion <= 24, "{model}: {a}");
+        assert!((1..=24).contains(&completion), "{model}: {a}");
         if a["finish_reason"] == "length" {
             assert_eq!(completion, 24, "{model}: {a}");
         }
@@ -199,7 +199,10 @@ fn cancellation_stops_within_one_token() {
     let cancel = CancellationToken::new();
     let sink = Recorder { cancel_at: Some((3, cancel.clone())), ..Default::default() };
     // Sampling over close-to-uniform logits: EOS (2 of 264 ids) is unlikely in the first few tokens.
-    let job = job("cancel", serde_json::json!({"prompt": "x", "model": "llama-gguf", "max_tokens": 200, "temperature": 0.7, "seed": 3}));
+    let job = job(
+        "cancel",
+        serde_json::json!({"prompt": "x", "model": "llama-gguf", "max_tokens": 200, "temperature": 0.7, "seed": 3}),
+    );
     let err = run_with(&p, &job, None, &sink, &cancel).unwrap_err();
     assert_eq!(err.kind, PipelineErrorKind::Cancelled, "{err}");
     let reported = sink.tokens.lock().unwrap().len();
@@ -232,10 +235,9 @@ fn a_prompt_longer_than_the_context_is_a_clear_permanent_error() {
 fn the_cache_evicts_the_least_recently_used_model_under_a_small_budget() {
     let (p, registry) = pipeline_with("", fixtures());
     // Budget 64 MB; make each model "need" 40 MB so only one fits.
-    let manifest = MODELS.replace("memory_mb = 1", "memory_mb = 40").replace(
-        "default_llm = \"llama-gguf\"",
-        "default_llm = \"llama-gguf\"\nwarm = [\"llama-gguf\"]",
-    );
+    let manifest = MODELS
+        .replace("memory_mb = 1", "memory_mb = 40")
+        .replace("default_llm = \"llama-gguf\"", "default_llm = \"llama-gguf\"\nwarm = [\"llama-gguf\"]");
     let manifest = Manifest::from_toml(&manifest, fixtures()).unwrap();
     let metrics = CacheMetrics::new();
     let mut registry2 = prometheus_client::registry::Registry::default();
@@ -269,10 +271,9 @@ fn corrupt_manifest(dir: &Path, source: &str, format: &str) -> LlmPipeline {
         "\n[models.broken]\nkind = \"llm\"\nformat = \"{format}\"\nsource = \"{source}\"\ntokenizer = \"{}\"\nmemory_mb = 1\n",
         fixtures().join("tokenizer.json").display()
     );
-    let text = MODELS.replace("source = \"", &format!("source = \"{}/", fixtures().display())).replace(
-        "tokenizer = \"",
-        &format!("tokenizer = \"{}/", fixtures().display()),
-    );
+    let text = MODELS
+        .replace("source = \"", &format!("source = \"{}/", fixtures().display()))
+        .replace("tokenizer = \"", &format!("tokenizer = \"{}/", fixtures().display()));
     let manifest = Manifest::from_toml(&format!("{text}{extra}"), dir).unwrap();
     LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), None).unwrap()))
 }
@@ -341,7 +342,11 @@ fn unknown_models_and_missing_files_are_named() {
     )
     .unwrap_err();
     assert_eq!(err.kind, PipelineErrorKind::Permanent);
-    assert!(err.message.contains("`gpt-9` is not in the manifest") && err.message.contains("llama-gguf"), "{}", err.message);
+    assert!(
+        err.message.contains("`gpt-9` is not in the manifest") && err.message.contains("llama-gguf"),
+        "{}",
+        err.message
+    );
     let dir = tempfile::tempdir().unwrap();
     let p = corrupt_manifest(dir.path(), "/nonexistent/model.gguf", "gguf");
     let job = job("m", serde_json::json!({"prompt": "hi", "model": "broken"}));

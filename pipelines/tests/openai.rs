@@ -70,9 +70,8 @@ async fn completions(State(seen): State<Shared>, headers: HeaderMap, body: Strin
 
 async fn server() -> (String, Shared) {
     let seen: Shared = Arc::default();
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(completions))
-        .with_state(seen.clone());
+    let app =
+        axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -119,7 +118,13 @@ async fn run(
                                       "params": params, "output": {"prefix": "t"}});
         let job = parse_job(&serde_json::to_vec(&body).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let req = RunRequest { job: &job, attempt: 1, inputs: Default::default(), workdir: dir.path().into(), downgrade: None };
+        let req = RunRequest {
+            job: &job,
+            attempt: 1,
+            inputs: Default::default(),
+            workdir: dir.path().into(),
+            downgrade: None,
+        };
         let artifacts = p.run(&req, sink.as_ref(), &cancel)?;
         Ok(serde_json::from_slice(&std::fs::read(&artifacts[0].path).unwrap()).unwrap())
     })
@@ -158,14 +163,24 @@ async fn streams_a_completion_with_the_same_artifact_as_candle() {
 async fn counts_chunks_without_usage_and_enforces_stop_strings_locally() {
     let (endpoint, _) = server().await;
     let p = pipeline(&endpoint);
-    let out = run(&p, serde_json::json!({"prompt": "x", "model": "no-usage"}), CancellationToken::new(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let out = run(
+        &p,
+        serde_json::json!({"prompt": "x", "model": "no-usage"}),
+        CancellationToken::new(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["text"], "abc");
     assert_eq!(out["usage"]["completion_tokens"], 3);
-    let out = run(&p, serde_json::json!({"prompt": "x", "model": "stop", "stop": ["###"]}), CancellationToken::new(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let out = run(
+        &p,
+        serde_json::json!({"prompt": "x", "model": "stop", "stop": ["###"]}),
+        CancellationToken::new(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["text"], "keep this ");
     assert_eq!(out["finish_reason"], "stop");
 }
@@ -180,9 +195,10 @@ async fn server_errors_are_classified() {
         ("missing", PipelineErrorKind::Permanent, "404"),
     ];
     for (model, kind, text) in cases {
-        let err = run(&p, serde_json::json!({"prompt": "x", "model": model}), CancellationToken::new(), Arc::new(NoProgress))
-            .await
-            .unwrap_err();
+        let err =
+            run(&p, serde_json::json!({"prompt": "x", "model": model}), CancellationToken::new(), Arc::new(NoProgress))
+                .await
+                .unwrap_err();
         assert_eq!(err.kind, kind, "{model}: {err}");
         assert!(err.message.contains(text), "{model}: {err}");
     }
@@ -192,7 +208,8 @@ async fn server_errors_are_classified() {
         l.local_addr().unwrap()
     };
     let p = pipeline(&format!("http://{closed}/v1"));
-    let err = run(&p, serde_json::json!({"prompt": "x"}), CancellationToken::new(), Arc::new(NoProgress)).await.unwrap_err();
+    let err =
+        run(&p, serde_json::json!({"prompt": "x"}), CancellationToken::new(), Arc::new(NoProgress)).await.unwrap_err();
     assert_eq!(err.kind, PipelineErrorKind::Retryable, "{err}");
 }
 
@@ -207,7 +224,8 @@ async fn cancellation_interrupts_a_stalled_stream() {
         canceller.cancel();
     });
     let started = Instant::now();
-    let err = run(&p, serde_json::json!({"prompt": "x", "model": "stall"}), cancel, Arc::new(NoProgress)).await.unwrap_err();
+    let err =
+        run(&p, serde_json::json!({"prompt": "x", "model": "stall"}), cancel, Arc::new(NoProgress)).await.unwrap_err();
     assert_eq!(err.kind, PipelineErrorKind::Cancelled);
     assert!(started.elapsed() < Duration::from_secs(5), "cancel took {:?}", started.elapsed());
 }
@@ -216,9 +234,10 @@ async fn cancellation_interrupts_a_stalled_stream() {
 async fn the_api_key_comes_from_the_named_variable() {
     let (endpoint, seen) = server().await;
     let p = pipeline(&endpoint);
-    let err = run(&p, serde_json::json!({"prompt": "x", "model": "keyed"}), CancellationToken::new(), Arc::new(NoProgress))
-        .await
-        .unwrap_err();
+    let err =
+        run(&p, serde_json::json!({"prompt": "x", "model": "keyed"}), CancellationToken::new(), Arc::new(NoProgress))
+            .await
+            .unwrap_err();
     assert!(err.message.contains("$AINERN2D_TEST_LLM_KEY"), "{err}");
     assert!(seen.lock().unwrap().auth.is_empty(), "no request without the key");
     run(&p, serde_json::json!({"prompt": "x", "model": "keyed-set"}), CancellationToken::new(), Arc::new(NoProgress))

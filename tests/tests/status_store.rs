@@ -138,7 +138,8 @@ async fn a_batch_moves_the_job_row(store: Store) {
     let submitted = store.get_job("j").await.unwrap().unwrap().submitted_at.expect("submitted_at is set");
 
     let mut progress = ev("j", 1, EventStatus::Progress, 1, 2);
-    progress.progress = Some(Progress { fraction: 0.5, stage: "inference".into(), message: None, tokens: None, tokens_per_s: None });
+    progress.progress =
+        Some(Progress { fraction: 0.5, stage: "inference".into(), message: None, tokens: None, tokens_per_s: None });
     let mut done = ev("j", 1, EventStatus::Succeeded, 2, 3);
     let output = OutputObject {
         name: "video.mp4".into(),

@@ -346,7 +346,11 @@ impl Config {
                 return bad(&format!("jobs.slots.{kind}"), "must be at least 1 for a served kind");
             }
             if self.backend(*kind) == Backend::Inference {
-                let key = if self.jobs.backends.contains_key(kind) { format!("jobs.backends.{kind}") } else { "jobs.backend".into() };
+                let key = if self.jobs.backends.contains_key(kind) {
+                    format!("jobs.backends.{kind}")
+                } else {
+                    "jobs.backend".into()
+                };
                 if !INFERENCE_KINDS.contains(kind) {
                     return bad(&key, &format!("there is no inference pipeline for {kind} jobs yet (use mock)"));
                 }

@@ -170,7 +170,11 @@ pub async fn check_models(config: &Config) -> anyhow::Result<()> {
         println!("{line}");
     }
     let resident: u64 = models.cache.resident().iter().map(|r| r.bytes).sum();
-    println!("resident: {} MB of the {} MB budget", resident / (1024 * 1024), models.cache.budget(&models.device_key) / (1024 * 1024));
+    println!(
+        "resident: {} MB of the {} MB budget",
+        resident / (1024 * 1024),
+        models.cache.budget(&models.device_key) / (1024 * 1024)
+    );
     if failed > 0 {
         anyhow::bail!("{failed} model(s) failed to load");
     }

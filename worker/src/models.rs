@@ -21,7 +21,8 @@ struct StoreFetch {
 impl Fetch for StoreFetch {
     fn fetch(&self, location: &str, dest: &Path) -> Result<u64, (String, bool)> {
         let rest = location.strip_prefix("s3://").ok_or_else(|| (format!("{location} is not s3://"), false))?;
-        let (bucket, key) = rest.split_once('/').ok_or_else(|| (format!("{location} is not s3://bucket/key"), false))?;
+        let (bucket, key) =
+            rest.split_once('/').ok_or_else(|| (format!("{location} is not s3://bucket/key"), false))?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ("model downloads need the worker's runtime".to_string(), false))?;
         handle

@@ -147,7 +147,8 @@ mod tests {
         let t = ChatTemplate::new(None, Some(shipped.into()), "<s>", "</s>").unwrap();
         assert_eq!(t.origin, "model");
         assert_eq!(t.render(Some(" be kind "), "hello").unwrap(), "<s>USER: BE KIND|hello</s>ASSISTANT:");
-        let raising = ChatTemplate::new(None, Some("{{ raise_exception('no system prompts') }}".into()), "", "").unwrap();
+        let raising =
+            ChatTemplate::new(None, Some("{{ raise_exception('no system prompts') }}".into()), "", "").unwrap();
         assert!(raising.render(None, "x").unwrap_err().contains("no system prompts"));
     }
 

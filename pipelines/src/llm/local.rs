@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::chat::{self, ChatTemplate};
 use super::{Finish, GenRequest, Generation};
-use crate::error::{PipelineError, PipelineErrorKind};
 use crate::ProgressSink;
+use crate::error::{PipelineError, PipelineErrorKind};
 
 /// How many recent tokens the repetition penalty looks at.
 const REPEAT_WINDOW: usize = 64;
@@ -145,7 +145,7 @@ pub fn load(models: &Models, name: &str, spec: &ModelSpec) -> Result<LoadedLlm, 
     // candle's model constructors index and unwrap freely; a malformed checkpoint must not take the
     // worker down.
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        load_files(spec, &tokenizer_path, &weights, config_path.as_deref(), device).map_err(|m| fail(m))
+        load_files(spec, &tokenizer_path, &weights, config_path.as_deref(), device).map_err(&fail)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -170,9 +170,8 @@ fn load_files(
     match spec.format {
         Some(ModelFormat::Gguf) => {
             let path = &weights[0];
-            let mut reader = BufReader::new(
-                std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?,
-            );
+            let mut reader =
+                BufReader::new(std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?);
             let content = gguf_file::Content::read(&mut reader)
                 .map_err(|e| format!("{} is not a readable GGUF file: {e}", path.display()))?;
             let md = |key: &str| content.metadata.get(key);
@@ -208,7 +207,18 @@ fn load_files(
                 }
             };
             let context = [spec.context_length, shipped_context, max_context].into_iter().flatten().min();
-            finish(spec, tokenizer, weights, architecture, ModelFormat::Gguf, context, &bos, eos_id, shipped_template, device)
+            finish(
+                spec,
+                tokenizer,
+                weights,
+                architecture,
+                ModelFormat::Gguf,
+                context,
+                &bos,
+                eos_id,
+                shipped_template,
+                device,
+            )
         }
         Some(ModelFormat::Safetensors) => {
             let config_path = config_path.ok_or("no config.json")?;
@@ -235,7 +245,8 @@ fn load_files(
                 tensors.extend(part);
             }
             let vb = VarBuilder::from_tensors(tensors, dtype, &device);
-            let config_err = |e: serde_json::Error| format!("{} is not a {architecture} config: {e}", config_path.display());
+            let config_err =
+                |e: serde_json::Error| format!("{} is not a {architecture} config: {e}", config_path.display());
             let weights_err = |e: candle_core::Error| format!("the weights do not fit the {architecture} config: {e}");
             let shipped_context = config.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize);
             let weights = match architecture.as_str() {
@@ -267,13 +278,21 @@ fn load_files(
                 .and_then(|p| std::fs::read_to_string(p).ok())
                 .and_then(|t| serde_json::from_str(&t).ok());
             let shipped_template = tokenizer_config.as_ref().and_then(chat::from_tokenizer_config);
-            let bos = config
-                .get("bos_token_id")
-                .and_then(|v| v.as_u64())
-                .map(|id| token_text(id as u32))
-                .unwrap_or_default();
+            let bos =
+                config.get("bos_token_id").and_then(|v| v.as_u64()).map(|id| token_text(id as u32)).unwrap_or_default();
             let context = [spec.context_length, shipped_context].into_iter().flatten().min();
-            finish(spec, tokenizer, weights, architecture, ModelFormat::Safetensors, context, &bos, eos_id, shipped_template, device)
+            finish(
+                spec,
+                tokenizer,
+                weights,
+                architecture,
+                ModelFormat::Safetensors,
+                context,
+                &bos,
+                eos_id,
+                shipped_template,
+                device,
+            )
         }
         Some(ModelFormat::Onnx) => Err("ONNX models are not served by the llm pipeline".into()),
         None => Err("the manifest gives no format".into()),
@@ -306,16 +325,7 @@ fn finish(
     }
     let eos_text = eos.first().and_then(|id| tokenizer.id_to_token(*id)).unwrap_or_default();
     let template = ChatTemplate::new(spec.chat_template.as_deref(), shipped_template, bos, &eos_text)?;
-    Ok(LoadedLlm {
-        weights,
-        tokenizer,
-        template,
-        eos,
-        context: context.unwrap_or(4096),
-        architecture,
-        format,
-        device,
-    })
+    Ok(LoadedLlm { weights, tokenizer, template, eos, context: context.unwrap_or(4096), architecture, format, device })
 }
 
 /// Turns token ids into text as they arrive, holding back bytes of a character that is not complete yet.
@@ -389,10 +399,7 @@ pub fn generate(
     cancel: &CancellationToken,
 ) -> Result<Generation, PipelineError> {
     let params = req.params;
-    let prompt = model
-        .template
-        .render(params.system.as_deref(), &params.prompt)
-        .map_err(PipelineError::permanent)?;
+    let prompt = model.template.render(params.system.as_deref(), &params.prompt).map_err(PipelineError::permanent)?;
     let encoding = model
         .tokenizer
         .encode(prompt.as_str(), false)
@@ -463,9 +470,7 @@ pub fn generate(
         if generated == max_tokens {
             break;
         }
-        logits = session
-            .forward(&[next], all.len() - 1, &model.device)
-            .map_err(|e| classify(&e, "generating"))?;
+        logits = session.forward(&[next], all.len() - 1, &model.device).map_err(|e| classify(&e, "generating"))?;
     }
     if finish == Finish::Length {
         let rest = detok.flush(&model.tokenizer).map_err(decode_err)?;

@@ -105,10 +105,15 @@ impl LlmPipeline {
         let models = &self.models;
         let spec = models.spec(name).map_err(model_error)?;
         // The estimate needs the files' sizes: resolve (download) them before reserving memory.
+        let named = |e: ModelError| {
+            let mut e = model_error(e);
+            e.message = format!("model `{name}`: {}", e.message);
+            e
+        };
         let mut files: Vec<std::path::PathBuf> =
-            spec.weights().iter().map(|f| models.local_path(f)).collect::<Result<_, _>>().map_err(model_error)?;
+            spec.weights().iter().map(|f| models.local_path(f)).collect::<Result<_, _>>().map_err(named)?;
         if let Some(t) = spec.tokenizer_file() {
-            files.push(models.local_path(&t).map_err(model_error)?);
+            files.push(models.local_path(&t).map_err(named)?);
         }
         let bytes = local::estimate_bytes(spec, &files);
         models

@@ -158,10 +158,14 @@ async fn stream(
             if data == "[DONE]" {
                 break 'read;
             }
-            let event: serde_json::Value = serde_json::from_str(data)
-                .map_err(|e| PipelineError::retryable(format!("{url} sent an unreadable event ({e}): {}", short(data))))?;
+            let event: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+                PipelineError::retryable(format!("{url} sent an unreadable event ({e}): {}", short(data)))
+            })?;
             if let Some(error) = event.get("error") {
-                return Err(PipelineError::permanent(format!("{url} reported an error: {}", short(&error.to_string()))));
+                return Err(PipelineError::permanent(format!(
+                    "{url} reported an error: {}",
+                    short(&error.to_string())
+                )));
             }
             if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
                 usage = Some((

@@ -87,7 +87,8 @@ pub fn write_tokenizer(path: &Path) -> Result<(), String> {
                                "normalized": false, "special": true})
         })
         .collect();
-    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level =
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
