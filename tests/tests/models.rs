@@ -27,6 +27,38 @@ fn sha256(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
+/// An exclusive queue that receives the bed's heartbeats.
+async fn heartbeat_queue(s: &Bed) -> String {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let exchange = format!("{}.events", s.prefix);
+    s.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let q = s
+        .channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    s.channel
+        .queue_bind(
+            q.name().clone(),
+            exchange.as_str().into(),
+            "worker.heartbeat.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    q.name().to_string()
+}
+
 #[test]
 fn the_example_llm_job_runs_on_candle_with_the_example_manifest() {
     let root = repo_root();
@@ -98,6 +130,7 @@ tokenizer = "tiny/tokenizer.json"
         "[jobs]\nkinds = [\"llm\"]\n[jobs.backends]\nllm = \"inference\"\n[models]\nmanifest = \"{}\"\n",
         manifest_path.display()
     );
+    let beats = heartbeat_queue(&s).await;
     // Every progress message is published (the tiny model outruns the tests' 100 ms interval).
     let (config, _) = s.config(&extra);
     let mut w = Worker::spawn(&config.replace("progress_interval_ms = 100", "progress_interval_ms = 0"));
@@ -112,6 +145,21 @@ tokenizer = "tiny/tokenizer.json"
     );
     let cached = dir.path().join("cache").join(&good_sha).join("tiny-llama.gguf");
     assert_eq!(sha256(&cached), good_sha);
+    // Heartbeats list the loaded models.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat names the warm model\n{}", w.logs());
+        let got = s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
+        match got {
+            Some(m) => {
+                let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();
+                if beat.models_loaded == ["good"] {
+                    break;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let params =

@@ -69,7 +69,11 @@ pub fn build(shared: &Shared) -> Heartbeat {
         state: shared.state(),
         sent_at: chrono::Utc::now(),
         slots,
-        models_loaded: Vec::new(),
+        models_loaded: shared
+            .models
+            .as_ref()
+            .map(|m| m.cache.resident().into_iter().map(|r| r.name).collect())
+            .unwrap_or_default(),
         gpus: shared.gpus.stats(),
         downgrade: shared.downgrade().map(|d| d.name),
     }
