@@ -17,5 +17,7 @@ export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:
 export AINERN2D_TEST_DATABASE_URL="${AINERN2D_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 # The end-to-end tests run the real binaries; build them first so the tests find them in the target dir.
-cargo build --workspace --bins
+# `--all-targets` resolves features as `cargo test` does, so the binaries and the tests are built once
+# (`--bins` alone would build every dependency twice: without and with the dev-dependencies' features).
+cargo build --workspace --all-targets
 cargo test --workspace "$@"

@@ -149,7 +149,8 @@ tokenizer = "tiny/tokenizer.json"
     let deadline = std::time::Instant::now() + T;
     loop {
         assert!(std::time::Instant::now() < deadline, "no heartbeat names the warm model\n{}", w.logs());
-        let got = s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
+        let got =
+            s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
         match got {
             Some(m) => {
                 let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();

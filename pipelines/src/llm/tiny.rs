@@ -109,20 +109,51 @@ fn randn(shape: &[usize], std: f32) -> Result<Tensor, String> {
     Tensor::randn(0f32, std, shape, &Device::Cpu).map_err(err)
 }
 
+/// The shape of a generated model (the tests' models are [`Dims::TINY`]; the benchmark makes a bigger one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub layers: usize,
+    pub ffn: usize,
+    pub context: usize,
+}
+
+impl Dims {
+    pub const TINY: Dims = Dims {
+        vocab: VOCAB,
+        hidden: HIDDEN,
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        layers: LAYERS,
+        ffn: FFN,
+        context: CONTEXT,
+    };
+}
+
 /// Writes a quantized GGUF model with random weights, its metadata in the layout llama.cpp uses.
 pub fn write_gguf(path: &Path, arch: TinyArch) -> Result<(), String> {
+    write_gguf_with(path, arch, Dims::TINY, GgmlDType::Q8_0)
+}
+
+/// [`write_gguf`] with other dimensions and matrix quantization (the hidden and FFN sizes must be
+/// multiples of the quantization block, 32 for Q8_0 and Q4_0, 256 for the K-quants).
+pub fn write_gguf_with(path: &Path, arch: TinyArch, d: Dims, quant: GgmlDType) -> Result<(), String> {
+    let Dims { vocab, hidden, heads, kv_heads, layers, ffn, context } = d;
     let a = arch.name();
-    let head_dim = HIDDEN / HEADS;
+    let head_dim = hidden / heads;
     let u = |v: usize| gguf_file::Value::U32(v as u32);
     let metadata: Vec<(String, gguf_file::Value)> = vec![
         ("general.architecture".into(), gguf_file::Value::String(a.into())),
         ("general.name".into(), gguf_file::Value::String(format!("ainern2d tiny {a} (random weights)"))),
-        (format!("{a}.context_length"), u(CONTEXT)),
-        (format!("{a}.embedding_length"), u(HIDDEN)),
-        (format!("{a}.block_count"), u(LAYERS)),
-        (format!("{a}.feed_forward_length"), u(FFN)),
-        (format!("{a}.attention.head_count"), u(HEADS)),
-        (format!("{a}.attention.head_count_kv"), u(KV_HEADS)),
+        (format!("{a}.context_length"), u(context)),
+        (format!("{a}.embedding_length"), u(hidden)),
+        (format!("{a}.block_count"), u(layers)),
+        (format!("{a}.feed_forward_length"), u(ffn)),
+        (format!("{a}.attention.head_count"), u(heads)),
+        (format!("{a}.attention.head_count_kv"), u(kv_heads)),
         (format!("{a}.rope.dimension_count"), u(head_dim)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), gguf_file::Value::F32(1e-5)),
         (format!("{a}.rope.freq_base"), gguf_file::Value::F32(10_000.0)),
@@ -130,28 +161,28 @@ pub fn write_gguf(path: &Path, arch: TinyArch) -> Result<(), String> {
         ("tokenizer.ggml.eos_token_id".into(), u(EOS as usize)),
         ("tokenizer.chat_template".into(), gguf_file::Value::String(CHATML.into())),
     ];
-    let q8 = |shape: &[usize]| QTensor::quantize(&randn(shape, 0.5)?, GgmlDType::Q8_0).map_err(err);
+    let q8 = |shape: &[usize]| QTensor::quantize(&randn(shape, 0.5)?, quant).map_err(err);
     let f32s = |t: Tensor| QTensor::quantize(&t, GgmlDType::F32).map_err(err);
     let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu).map_err(err);
-    let kv = KV_HEADS * head_dim;
+    let kv = kv_heads * head_dim;
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), q8(&[VOCAB, HIDDEN])?),
-        ("output_norm.weight".into(), f32s(ones(HIDDEN)?)?),
-        ("output.weight".into(), q8(&[VOCAB, HIDDEN])?),
+        ("token_embd.weight".into(), q8(&[vocab, hidden])?),
+        ("output_norm.weight".into(), f32s(ones(hidden)?)?),
+        ("output.weight".into(), q8(&[vocab, hidden])?),
     ];
-    for i in 0..LAYERS {
+    for i in 0..layers {
         let p = format!("blk.{i}");
-        tensors.push((format!("{p}.attn_q.weight"), q8(&[HIDDEN, HIDDEN])?));
-        tensors.push((format!("{p}.attn_k.weight"), q8(&[kv, HIDDEN])?));
-        tensors.push((format!("{p}.attn_v.weight"), q8(&[kv, HIDDEN])?));
-        tensors.push((format!("{p}.attn_output.weight"), q8(&[HIDDEN, HIDDEN])?));
-        tensors.push((format!("{p}.ffn_gate.weight"), q8(&[FFN, HIDDEN])?));
-        tensors.push((format!("{p}.ffn_up.weight"), q8(&[FFN, HIDDEN])?));
-        tensors.push((format!("{p}.ffn_down.weight"), q8(&[HIDDEN, FFN])?));
-        tensors.push((format!("{p}.attn_norm.weight"), f32s(ones(HIDDEN)?)?));
-        tensors.push((format!("{p}.ffn_norm.weight"), f32s(ones(HIDDEN)?)?));
+        tensors.push((format!("{p}.attn_q.weight"), q8(&[hidden, hidden])?));
+        tensors.push((format!("{p}.attn_k.weight"), q8(&[kv, hidden])?));
+        tensors.push((format!("{p}.attn_v.weight"), q8(&[kv, hidden])?));
+        tensors.push((format!("{p}.attn_output.weight"), q8(&[hidden, hidden])?));
+        tensors.push((format!("{p}.ffn_gate.weight"), q8(&[ffn, hidden])?));
+        tensors.push((format!("{p}.ffn_up.weight"), q8(&[ffn, hidden])?));
+        tensors.push((format!("{p}.ffn_down.weight"), q8(&[hidden, ffn])?));
+        tensors.push((format!("{p}.attn_norm.weight"), f32s(ones(hidden)?)?));
+        tensors.push((format!("{p}.ffn_norm.weight"), f32s(ones(hidden)?)?));
         if arch == TinyArch::Qwen2 {
-            tensors.push((format!("{p}.attn_q.bias"), f32s(randn(&[HIDDEN], 0.1)?)?));
+            tensors.push((format!("{p}.attn_q.bias"), f32s(randn(&[hidden], 0.1)?)?));
             tensors.push((format!("{p}.attn_k.bias"), f32s(randn(&[kv], 0.1)?)?));
             tensors.push((format!("{p}.attn_v.bias"), f32s(randn(&[kv], 0.1)?)?));
         }
