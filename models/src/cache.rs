@@ -186,6 +186,15 @@ impl ModelCache {
         Ok((value, false))
     }
 
+    /// The loaded model `name`, if it is resident (counted as a hit).
+    pub fn get<T: Send + Sync + 'static>(&self, name: &str) -> Result<Option<Lease<T>>, ModelError> {
+        let hit = self.lookup::<T>(name)?;
+        if hit.is_some() {
+            self.metrics.hits.get_or_create(&CacheMetrics::model(name)).inc();
+        }
+        Ok(hit)
+    }
+
     fn lookup<T: Send + Sync + 'static>(&self, name: &str) -> Result<Option<Lease<T>>, ModelError> {
         let mut state = self.state.lock().expect("cache lock");
         let Some(entry) = state.entries.get_mut(name) else { return Ok(None) };

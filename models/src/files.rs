@@ -116,7 +116,16 @@ impl FileCache {
             message: "this worker has no S3 client for models".into(),
             retryable: false,
         })?;
-        let part = dir.join(format!(".{name}.part-{}", std::process::id()));
+        // Holding the lock, any partial file here is left over from a download that died: remove it.
+        let prefix = format!(".{name}.part-");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let part = dir.join(format!("{prefix}{}", std::process::id()));
         let started = Instant::now();
         tracing::info!(%location, cache = %dir.display(), "downloading model file");
         let result = fetch.fetch(location, &part).map_err(|(message, retryable)| ModelError::Download {
@@ -234,6 +243,19 @@ mod tests {
         assert!(matches!(cache.resolve(&bad).unwrap_err(), ModelError::ChecksumMismatch { .. }));
         let missing = FileRef { location: "nope.gguf".into(), sha256: None };
         assert!(cache.resolve(&missing).unwrap_err().to_string().contains("nope.gguf"));
+    }
+
+    #[test]
+    fn a_partial_download_left_by_a_dead_process_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = fake(&[("s3://models/w.gguf", b"weights")]);
+        let file = FileRef { location: "s3://models/w.gguf".into(), sha256: Some(sha(b"weights")) };
+        let leftover = dir.path().join(sha(b"weights")).join(".w.gguf.part-999999");
+        std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+        std::fs::write(&leftover, b"wei").unwrap();
+        let cache = FileCache::new(dir.path().into(), dir.path().into(), Some(s3));
+        assert_eq!(std::fs::read(cache.resolve(&file).unwrap()).unwrap(), b"weights");
+        assert!(!leftover.exists());
     }
 
     #[test]

@@ -112,8 +112,7 @@ fn main() -> anyhow::Result<()> {
     let prompt_ids = tokenizer.encode(PROMPT, false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
 
     let (mut pipe_rates, mut bare_rates) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        // Pipeline.
+    let run_pipeline = || -> anyhow::Result<(f64, f64, usize)> {
         let work = tempfile::tempdir()?;
         let (tx, rx) = mpsc::channel();
         let drain = std::thread::spawn(move || rx.iter().count());
@@ -129,8 +128,9 @@ fn main() -> anyhow::Result<()> {
         let reports = drain.join().expect("drain thread");
         let out: serde_json::Value = serde_json::from_slice(&std::fs::read(&artifacts[0].path)?)?;
         let n = out["usage"]["completion_tokens"].as_u64().unwrap_or(0) as f64;
-        let pipe = n / out["timings"]["generation_s"].as_f64().unwrap_or(f64::NAN);
-
+        Ok((n / out["timings"]["generation_s"].as_f64().unwrap_or(f64::NAN), n, reports))
+    };
+    let run_bare = || -> anyhow::Result<f64> {
         // Bare candle: time from the first sample to the last token, like the pipeline's generation_s
         // (repetition penalty 1.0: the pipeline skips it too).
         let mut model = bare.clone();
@@ -147,7 +147,17 @@ fn main() -> anyhow::Result<()> {
             }
             logits = model.forward(&Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?, all.len() - 1)?.squeeze(0)?;
         }
-        let bare_rate = args.tokens as f64 / t.elapsed().as_secs_f64();
+        Ok(args.tokens as f64 / t.elapsed().as_secs_f64())
+    };
+    for round in 0..args.rounds {
+        // Alternate which runs first, so neither always gets the warmer (or the throttled) machine.
+        let ((pipe, n, reports), bare_rate) = if round % 2 == 0 {
+            let p = run_pipeline()?;
+            (p, run_bare()?)
+        } else {
+            let b = run_bare()?;
+            (run_pipeline()?, b)
+        };
         eprintln!(
             "round {}: pipeline {pipe:.1} tok/s ({n} tokens, {reports} progress reports), bare candle {bare_rate:.1} tok/s",
             round + 1

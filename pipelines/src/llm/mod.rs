@@ -104,6 +104,9 @@ impl LlmPipeline {
     pub fn load(&self, name: &str) -> Result<(Arc<LoadedLlm>, bool), PipelineError> {
         let models = &self.models;
         let spec = models.spec(name).map_err(model_error)?;
+        if let Some(loaded) = models.cache.get::<LoadedLlm>(name).map_err(model_error)? {
+            return Ok((loaded, true));
+        }
         // The estimate needs the files' sizes: resolve (download) them before reserving memory.
         let named = |e: ModelError| {
             let mut e = model_error(e);
