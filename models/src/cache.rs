@@ -5,7 +5,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -101,6 +101,20 @@ impl State {
     }
 }
 
+/// Memory promised to a load in progress; returned when dropped.
+struct Reservation<'a> {
+    cache: &'a ModelCache,
+    device: &'a str,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state.reserved.entry(self.device.to_string()).or_default() -= self.bytes;
+    }
+}
+
 /// What a cached model looks like from outside (for logs, `/ready` details and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resident {
@@ -152,8 +166,10 @@ impl ModelCache {
             self.metrics.hits.get_or_create(&CacheMetrics::model(name)).inc();
             return Ok((hit, true));
         }
-        let gate = self.loading.lock().expect("loading lock").entry(name.to_string()).or_default().clone();
-        let _loading = gate.lock().expect("model load lock");
+        let gate =
+            self.loading.lock().unwrap_or_else(PoisonError::into_inner).entry(name.to_string()).or_default().clone();
+        // A load that panicked poisons the gate; the next caller simply loads again.
+        let _loading = gate.lock().unwrap_or_else(PoisonError::into_inner);
         // Someone else may have loaded it while we waited for the gate.
         if let Some(hit) = self.lookup::<T>(name)? {
             self.metrics.hits.get_or_create(&CacheMetrics::model(name)).inc();
@@ -161,10 +177,12 @@ impl ModelCache {
         }
         self.metrics.misses.get_or_create(&CacheMetrics::model(name)).inc();
         self.reserve(name, device, bytes)?;
+        // The reservation is returned however the load ends, a panic included.
+        let reservation = Reservation { cache: self, device, bytes };
         let started = Instant::now();
         let loaded = load();
+        drop(reservation);
         let mut state = self.state.lock().expect("cache lock");
-        *state.reserved.entry(device.to_string()).or_default() -= bytes;
         let value = match loaded {
             Ok(v) => Arc::new(v),
             Err(e) => {
@@ -219,30 +237,45 @@ impl ModelCache {
             });
         }
         let mut state = self.state.lock().expect("cache lock");
-        let mut evicted = Vec::new();
-        while state.used(device) + bytes > budget {
-            let victim = state
+        // Choose the victims first (idle models, least recently used first) and evict only when they free
+        // enough: a load that cannot fit must not flush warm models for nothing.
+        let mut idle: Vec<(u64, String, u64)> = state
+            .entries
+            .iter()
+            .filter(|(_, e)| e.device == device && Arc::strong_count(&e.value) == 1)
+            .map(|(n, e)| (e.last_used, n.clone(), e.bytes))
+            .collect();
+        idle.sort();
+        let mut needed = (state.used(device) + bytes).saturating_sub(budget);
+        let mut victims = Vec::new();
+        for (_, victim, size) in idle {
+            if needed == 0 {
+                break;
+            }
+            needed = needed.saturating_sub(size);
+            victims.push(victim);
+        }
+        if needed > 0 {
+            let mut busy: Vec<String> = state
                 .entries
                 .iter()
-                .filter(|(_, e)| e.device == device && Arc::strong_count(&e.value) == 1)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(n, _)| n.clone());
-            let Some(victim) = victim else {
-                let mut busy: Vec<String> =
-                    state.entries.iter().filter(|(_, e)| e.device == device).map(|(n, _)| n.clone()).collect();
-                busy.sort();
-                if busy.is_empty() {
-                    busy.push("models still loading".into());
-                }
-                self.publish_resident(&state, device);
-                return Err(ModelError::BudgetBusy {
-                    name: name.to_string(),
-                    device: device.to_string(),
-                    needed_mb: bytes.div_ceil(MB),
-                    budget_mb: budget / MB,
-                    busy,
-                });
-            };
+                .filter(|(_, e)| e.device == device && Arc::strong_count(&e.value) > 1)
+                .map(|(n, _)| n.clone())
+                .collect();
+            busy.sort();
+            if state.reserved.get(device).copied().unwrap_or(0) > 0 {
+                busy.push("models being loaded".into());
+            }
+            return Err(ModelError::BudgetBusy {
+                name: name.to_string(),
+                device: device.to_string(),
+                needed_mb: bytes.div_ceil(MB),
+                budget_mb: budget / MB,
+                busy,
+            });
+        }
+        let mut evicted = Vec::new();
+        for victim in victims {
             let entry = state.entries.remove(&victim).expect("victim is present");
             self.metrics.evictions.get_or_create(&CacheMetrics::model(&victim)).inc();
             tracing::info!(model = %victim, device, mb = entry.bytes / MB, for_model = name, "model evicted");
@@ -254,6 +287,21 @@ impl ModelCache {
         // The evicted models' memory is freed here, outside the lock.
         drop(evicted);
         Ok(())
+    }
+
+    /// Counts a load that failed before the model's loader ran (a download, a checksum).
+    pub fn record_load_failure(&self, name: &str) {
+        self.metrics.load_failures.get_or_create(&CacheMetrics::model(name)).inc();
+    }
+
+    /// Forgets a loaded model: the next request loads it again (jobs holding it keep their lease).
+    pub fn invalidate(&self, name: &str) {
+        let mut state = self.state.lock().expect("cache lock");
+        if let Some(entry) = state.entries.remove(name) {
+            let device = entry.device.clone();
+            self.publish_resident(&state, &device);
+            tracing::info!(model = name, "model unloaded, to be loaded afresh");
+        }
     }
 
     fn publish_resident(&self, state: &State, device: &str) {
@@ -343,6 +391,24 @@ mod tests {
         drop(a);
         c.get_or_load("b", "cpu", 60 * MB, || Ok::<_, ModelError>(2u32)).unwrap();
         assert_eq!(names(&c), ["b"]);
+    }
+
+    #[test]
+    fn a_load_that_cannot_fit_evicts_nothing() {
+        let (c, _) = cache(100);
+        drop(c.get_or_load("idle", "cpu", 30 * MB, || Ok::<_, ModelError>(1u32)).unwrap());
+        let (busy, _) = c.get_or_load("busy", "cpu", 50 * MB, || Ok::<_, ModelError>(2u32)).unwrap();
+        let err = c.get_or_load("new", "cpu", 60 * MB, || Ok::<_, ModelError>(3u32)).unwrap_err();
+        assert!(matches!(err, ModelError::BudgetBusy { .. }), "{err}");
+        assert_eq!(names(&c), ["busy", "idle"], "the idle model stays: evicting it would not make room");
+        drop(busy);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = c.get_or_load::<u32, _>("boom", "cpu", 10 * MB, || panic!("loader bug"));
+        }));
+        assert!(panicked.is_err());
+        // The panicked load's reservation came back and its gate still works.
+        c.get_or_load("boom", "cpu", 20 * MB, || Ok::<_, ModelError>(4u32)).unwrap();
+        c.get_or_load("new", "cpu", 60 * MB, || Ok::<_, ModelError>(3u32)).unwrap();
     }
 
     #[test]

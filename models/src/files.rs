@@ -146,8 +146,16 @@ impl FileCache {
         });
         match verified {
             Ok(bytes) => {
+                // On disk before it gets its final name, so a crash cannot leave a torn file that the
+                // fast path above would trust.
+                File::open(&part)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| cache_err(format!("cannot sync {}: {e}", part.display())))?;
                 std::fs::rename(&part, &target)
                     .map_err(|e| cache_err(format!("cannot move the download into {}: {e}", target.display())))?;
+                if let Ok(d) = File::open(&dir) {
+                    let _ = d.sync_all();
+                }
                 tracing::info!(%location, bytes, seconds = started.elapsed().as_secs_f64(), "model file downloaded and verified");
                 Ok(target)
             }

@@ -42,16 +42,17 @@ impl std::fmt::Debug for Models {
 }
 
 impl Models {
-    /// Opens the device the manifest asks for and sets up the caches. `gpu_total_bytes` is the memory of
-    /// the GPU (from NVML) when known: the GPU budget defaults to 90 % of it.
+    /// Opens the device the manifest asks for and sets up the caches. `gpu_totals` is the memory of each
+    /// GPU by ordinal (from NVML) when known: the GPU budget defaults to 90 % of the chosen GPU's.
     pub fn new(
         manifest: Manifest,
         fetch: Option<Arc<dyn Fetch>>,
         metrics: CacheMetrics,
-        gpu_total_bytes: Option<u64>,
+        gpu_totals: &[u64],
     ) -> Result<Self, ModelError> {
         let (device, device_key) = open_device(&manifest.device)?;
-        let budget = manifest.budget_bytes(&device_key, gpu_total_bytes);
+        let ordinal = device_key.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        let budget = manifest.budget_bytes(&device_key, gpu_totals.get(ordinal).copied());
         tracing::info!(device = %device_key, budget_mb = budget / (1024 * 1024), models = manifest.models.len(), "model manifest loaded");
         let files = FileCache::new(manifest.cache_dir.clone(), manifest.base_dir.clone(), fetch);
         let cache = ModelCache::new([(device_key.clone(), budget)].into_iter().collect(), metrics);
@@ -63,9 +64,9 @@ impl Models {
         path: &std::path::Path,
         fetch: Option<Arc<dyn Fetch>>,
         metrics: CacheMetrics,
-        gpu_total_bytes: Option<u64>,
+        gpu_totals: &[u64],
     ) -> Result<Self, ModelError> {
-        Self::new(Manifest::load(path)?, fetch, metrics, gpu_total_bytes)
+        Self::new(Manifest::load(path)?, fetch, metrics, gpu_totals)
     }
 
     /// The model spec by name, or an error listing the known names.

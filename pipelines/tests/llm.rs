@@ -57,7 +57,7 @@ fn pipeline_with(extra: &str, dir: &Path) -> (LlmPipeline, prometheus_client::re
     let metrics = CacheMetrics::new();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    (LlmPipeline::new(Arc::new(Models::new(manifest, None, metrics, None).unwrap())), registry)
+    (LlmPipeline::new(Arc::new(Models::new(manifest, None, metrics, &[]).unwrap())), registry)
 }
 
 fn pipeline() -> LlmPipeline {
@@ -126,6 +126,8 @@ fn every_architecture_and_format_generates_and_the_same_seed_gives_the_same_text
         assert!((1..=24).contains(&completion), "{model}: {a}");
         if a["finish_reason"] == "length" {
             assert_eq!(completion, 24, "{model}: {a}");
+        } else {
+            assert_eq!(a["finish_reason"], "stop", "{model}: {a}");
         }
         // The prompt went through the model's own chat template: system + user + assistant header.
         assert_eq!(a["chat_template"], "model");
@@ -137,10 +139,8 @@ fn every_architecture_and_format_generates_and_the_same_seed_gives_the_same_text
         other["seed"] = 12.into();
         other["max_tokens"] = 24.into();
         let c = run(&p, &job("c", other));
-        // Random weights give close to uniform logits: two seeds agreeing on 24 sampled tokens is not chance.
-        if completion == 24 && c["usage"]["completion_tokens"] == 24 {
-            assert_ne!(a["text"], c["text"], "{model}: another seed, other text");
-        }
+        // The weights are seeded, so this is deterministic; with flat logits two seeds do not agree.
+        assert_ne!(a["text"], c["text"], "{model}: another seed, other text");
     }
 }
 
@@ -242,7 +242,7 @@ fn the_cache_evicts_the_least_recently_used_model_under_a_small_budget() {
     let metrics = CacheMetrics::new();
     let mut registry2 = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry2);
-    let small = LlmPipeline::new(Arc::new(Models::new(manifest, None, metrics, None).unwrap()));
+    let small = LlmPipeline::new(Arc::new(Models::new(manifest, None, metrics, &[]).unwrap()));
     small.warm_up().unwrap();
     let resident = |p: &LlmPipeline| p.models().cache.resident().into_iter().map(|r| r.name).collect::<Vec<_>>();
     assert_eq!(resident(&small), ["llama-gguf"], "warm-up loads the warm list");
@@ -275,7 +275,7 @@ fn corrupt_manifest(dir: &Path, source: &str, format: &str) -> LlmPipeline {
         .replace("source = \"", &format!("source = \"{}/", fixtures().display()))
         .replace("tokenizer = \"", &format!("tokenizer = \"{}/", fixtures().display()));
     let manifest = Manifest::from_toml(&format!("{text}{extra}"), dir).unwrap();
-    LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), None).unwrap()))
+    LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), &[]).unwrap()))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -58,6 +58,7 @@ async fn completions(State(seen): State<Shared>, headers: HeaderMap, body: Strin
         "no-usage" => sse(vec![delta("a"), delta("b"), delta("c")], true, false),
         "stop" => sse(vec![delta("keep this"), delta(" ### drop"), delta(" that")], true, false),
         "stall" => sse(vec![delta("slow")], false, true),
+        "truncated" => sse(vec![delta("half an ans")], false, false),
         "overloaded" => (StatusCode::SERVICE_UNAVAILABLE, "model is loading").into_response(),
         "too-long" => (
             StatusCode::BAD_REQUEST,
@@ -80,7 +81,7 @@ async fn server() -> (String, Shared) {
 
 fn pipeline(endpoint: &str) -> LlmPipeline {
     let mut text = String::from("default_llm = \"ok\"\n");
-    for name in ["ok", "no-usage", "stop", "stall", "overloaded", "too-long", "missing"] {
+    for name in ["ok", "no-usage", "stop", "stall", "truncated", "overloaded", "too-long", "missing"] {
         text.push_str(&format!(
             "[models.{name}]\nkind = \"llm\"\nbackend = \"openai\"\nremote = {{ endpoint = \"{endpoint}\", model = \"{name}\", idle_timeout_s = 30 }}\n"
         ));
@@ -93,7 +94,7 @@ fn pipeline(endpoint: &str) -> LlmPipeline {
         "[models.keyed-set]\nkind = \"llm\"\nbackend = \"openai\"\nremote = {{ endpoint = \"{endpoint}\", model = \"ok\", api_key_env = \"CARGO_PKG_NAME\" }}\n"
     ));
     let manifest = Manifest::from_toml(&text, std::path::Path::new(".")).unwrap();
-    LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), None).unwrap()))
+    LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), &[]).unwrap()))
 }
 
 struct Tokens(Mutex<Vec<u32>>);
@@ -191,6 +192,7 @@ async fn server_errors_are_classified() {
     let p = pipeline(&endpoint);
     let cases = [
         ("overloaded", PipelineErrorKind::Retryable, "503"),
+        ("truncated", PipelineErrorKind::Retryable, "without finishing"),
         ("too-long", PipelineErrorKind::Permanent, "maximum context length"),
         ("missing", PipelineErrorKind::Permanent, "404"),
     ];

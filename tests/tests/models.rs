@@ -193,13 +193,14 @@ tokenizer = "tiny/tokenizer.json"
     assert_eq!(completion["model_cache"], "hit", "warmed up before the job");
     let progress: Vec<_> =
         tap.seen.iter().filter(|e| e.job_id == "good-job" && e.status == EventStatus::Progress).collect();
-    if completion["usage"]["completion_tokens"].as_u64().unwrap() > 0 {
-        let p = progress.iter().filter_map(|e| e.progress.as_ref()).find(|p| p.tokens.is_some());
-        let p = p.unwrap_or_else(|| panic!("no token progress among {progress:?}"));
-        assert!(p.tokens_per_s.unwrap() > 0.0, "{p:?}");
-    }
+    // The generated model is seeded: this job generates tokens, so there is token progress.
+    assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{completion}");
+    let p = progress.iter().filter_map(|e| e.progress.as_ref()).find(|p| p.tokens.is_some());
+    let p = p.unwrap_or_else(|| panic!("no token progress among {progress:?}"));
+    assert!(p.tokens_per_s.unwrap() > 0.0, "{p:?}");
     let metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ainern2d_worker_model_load_failures_total{model=\"corrupt\"} 1"), "{metrics}");
+    assert!(metrics.contains("ainern2d_worker_model_load_failures_total{model=\"tampered\"} 1"), "{metrics}");
     assert!(metrics.contains("ainern2d_worker_model_cache_hits_total{model=\"good\"} 1"), "{metrics}");
     w.kill9();
     s.cleanup().await;

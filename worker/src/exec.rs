@@ -51,7 +51,7 @@ fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<A
         StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
         StoreKind::Local => None,
     };
-    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), None)?;
+    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
     if !quiet {
         eprintln!("llm: models from {} on {}", manifest.display(), models.device_key);
     }
@@ -137,7 +137,7 @@ pub async fn check_models(config: &Config) -> anyhow::Result<()> {
         StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
         StoreKind::Local => None,
     };
-    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), None)?;
+    let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
     println!("{}: {} models, device {}", manifest.display(), models.manifest.models.len(), models.device_key);
     let pipeline = LlmPipeline::new(models.clone());
     let mut failed = 0;

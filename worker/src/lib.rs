@@ -102,8 +102,8 @@ impl Shared {
             Some(path) => {
                 let cache_metrics = ainern2d_models::CacheMetrics::new();
                 cache_metrics.register(&mut metrics.registry);
-                let gpu_total = gpus.stats().first().map(|g| g.memory_total_bytes);
-                Some(models::open(path, Some(store.clone()), cache_metrics, gpu_total)?)
+                let gpu_totals: Vec<u64> = gpus.stats().iter().map(|g| g.memory_total_bytes).collect();
+                Some(models::open(path, Some(store.clone()), cache_metrics, &gpu_totals)?)
             }
             None => None,
         };
@@ -216,14 +216,28 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
 /// then it is `starting` and `/ready` says no. A model that cannot load stops the worker with the reason.
 async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     for (kind, pipeline) in &shared.pipelines {
-        let pipeline = pipeline.clone();
         let started = std::time::Instant::now();
-        let loading = tokio::task::spawn_blocking(move || pipeline.warm_up());
-        tokio::select! {
-            done = loading => done
-                .map_err(|e| anyhow::anyhow!("warming up the {kind} pipeline panicked: {e}"))?
-                .map_err(|e| anyhow::anyhow!("warming up the {kind} pipeline failed: {}", e.message))?,
-            _ = shutdown.cancelled() => return Ok(()),
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let p = pipeline.clone();
+            let loading = tokio::task::spawn_blocking(move || p.warm_up());
+            let result = tokio::select! {
+                done = loading => done.map_err(|e| anyhow::anyhow!("warming up the {kind} pipeline panicked: {e}"))?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match result {
+                Ok(()) => break,
+                // The model bucket may not be up yet (the whole stack starting at once): keep trying.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(kind = %kind, retry_in_s = backoff.as_secs(), "warming up failed, will retry: {}", e.message);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => anyhow::bail!("warming up the {kind} pipeline failed: {}", e.message),
+            }
         }
         if let Some(models) = &shared.models
             && *kind == JobKind::Llm

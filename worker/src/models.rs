@@ -32,14 +32,15 @@ impl Fetch for StoreFetch {
 }
 
 /// Opens the manifest at `path`: its device, its caches, S3 downloads through `store` when given.
+/// `gpu_totals`: the memory of each GPU by ordinal (NVML), for the default GPU budget.
 pub fn open(
     path: &Path,
     store: Option<Arc<dyn ArtifactStore>>,
     metrics: CacheMetrics,
-    gpu_total_bytes: Option<u64>,
+    gpu_totals: &[u64],
 ) -> anyhow::Result<Arc<Models>> {
     let fetch = store.map(|store| Arc::new(StoreFetch { store }) as Arc<dyn Fetch>);
-    let models = Models::open(path, fetch, metrics, gpu_total_bytes)
+    let models = Models::open(path, fetch, metrics, gpu_totals)
         .with_context(|| format!("cannot use the model manifest {}", path.display()))?;
     Ok(Arc::new(models))
 }

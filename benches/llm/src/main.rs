@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
          source = \"bench.gguf\"\ntokenizer = \"tokenizer.json\"\nchat_template = \"plain\"\n",
         dir.path(),
     )?;
-    let pipeline = LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), None)?));
+    let pipeline = LlmPipeline::new(Arc::new(Models::new(manifest, None, CacheMetrics::new(), &[])?));
     let load = Instant::now();
     pipeline.load("bench").map_err(|e| anyhow::anyhow!(e.message))?;
     eprintln!("pipeline load: {:.2}s", load.elapsed().as_secs_f64());

@@ -48,7 +48,13 @@ pub struct LoadedLlm {
     pub architecture: String,
     pub format: ModelFormat,
     device: Device,
+    /// Prompt lengths seen and the bytes of attention masks candle's quantized Qwen2 keeps for them (it
+    /// caches one per length and never frees them; see `needs_reload`).
+    masks: Mutex<(std::collections::HashSet<usize>, u64)>,
 }
+
+/// Mask memory after which a quantized Qwen2 model is loaded afresh.
+const MASK_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// A model ready for one job's generation, with its own KV cache.
 enum Session<'a> {
@@ -56,6 +62,15 @@ enum Session<'a> {
     QQwen2(std::sync::MutexGuard<'a, quantized_qwen2::ModelWeights>),
     Llama(&'a llama::Llama, llama::Cache),
     Qwen2(qwen2::ModelForCausalLM),
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // The shared quantized Qwen2 keeps its KV cache between jobs otherwise.
+        if let Session::QQwen2(model) = self {
+            model.clear_kv_cache();
+        }
+    }
 }
 
 impl Session<'_> {
@@ -73,6 +88,22 @@ impl Session<'_> {
 }
 
 impl LoadedLlm {
+    /// Whether this model should be loaded afresh (the caller invalidates it in the cache): candle's
+    /// quantized Qwen2 caches an attention mask per prompt length for its lifetime, which would grow
+    /// without bound over many distinct prompts.
+    pub fn needs_reload(&self) -> bool {
+        self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 > MASK_BYTES_LIMIT
+    }
+
+    fn note_prompt(&self, len: usize) {
+        if matches!(self.weights, Weights::QQwen2(_)) && len > 1 {
+            let mut masks = self.masks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if masks.0.insert(len) {
+                masks.1 += (len * len) as u64;
+            }
+        }
+    }
+
     fn session(&self, cancel: &CancellationToken) -> Result<Session<'_>, PipelineError> {
         let candle = |e: candle_core::Error| classify(&e, "preparing the model");
         Ok(match &self.weights {
@@ -186,7 +217,8 @@ fn load_files(
             let shipped_template = md("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
             let gguf_err = |e: candle_core::Error| format!("{} does not load as {architecture}: {e}", path.display());
             let (weights, max_context) = match architecture.as_str() {
-                "llama" | "mistral" => (
+                // llama.cpp writes Mistral models with the `llama` architecture and keys.
+                "llama" => (
                     Weights::QLlama(
                         quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device).map_err(gguf_err)?,
                     ),
@@ -201,7 +233,7 @@ fn load_files(
                 ),
                 other => {
                     return Err(format!(
-                        "{} is a `{other}` model; GGUF models of the llama, mistral and qwen2 architectures are supported",
+                        "{} is a `{other}` model; GGUF models of the llama (Llama, Mistral) and qwen2 architectures are supported",
                         path.display()
                     ));
                 }
@@ -325,7 +357,17 @@ fn finish(
     }
     let eos_text = eos.first().and_then(|id| tokenizer.id_to_token(*id)).unwrap_or_default();
     let template = ChatTemplate::new(spec.chat_template.as_deref(), shipped_template, bos, &eos_text)?;
-    Ok(LoadedLlm { weights, tokenizer, template, eos, context: context.unwrap_or(4096), architecture, format, device })
+    Ok(LoadedLlm {
+        weights,
+        tokenizer,
+        template,
+        eos,
+        context: context.unwrap_or(4096),
+        architecture,
+        format,
+        device,
+        masks: Mutex::new(Default::default()),
+    })
 }
 
 /// Turns token ids into text as they arrive, holding back bytes of a character that is not complete yet.
@@ -425,6 +467,7 @@ pub fn generate(
     let mut session = model.session(cancel)?;
     let started = Instant::now();
     progress.progress(0.0, "prompt", Some(format!("{} prompt tokens", prompt_ids.len())));
+    model.note_prompt(prompt_ids.len());
     let mut logits =
         session.forward(&prompt_ids, 0, &model.device).map_err(|e| classify(&e, "evaluating the prompt"))?;
     let prompt_s = started.elapsed().as_secs_f64();
@@ -437,6 +480,7 @@ pub fn generate(
     let max_stop = params.stop.iter().map(String::len).max().unwrap_or(0);
     let gen_started = Instant::now();
     let mut finish = Finish::Length;
+    let mut stopped_by_string = false;
     let decode_err = |m: String| PipelineError::permanent(m);
     while generated < max_tokens {
         if cancel.is_cancelled() {
@@ -462,6 +506,7 @@ pub fn generate(
             if let Some(at) = find_stop(&text, from, &params.stop) {
                 text.truncate(at);
                 finish = Finish::Stop;
+                stopped_by_string = true;
                 break;
             }
         }
@@ -472,7 +517,9 @@ pub fn generate(
         }
         logits = session.forward(&[next], all.len() - 1, &model.device).map_err(|e| classify(&e, "generating"))?;
     }
-    if finish == Finish::Length {
+    // Bytes held back for an unfinished character (at the end of the budget or an end-of-turn token;
+    // text cut at a stop string ends before it anyway).
+    if !stopped_by_string {
         let rest = detok.flush(&model.tokenizer).map_err(decode_err)?;
         let from = text.len().saturating_sub(max_stop);
         text.push_str(&rest);

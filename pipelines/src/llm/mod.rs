@@ -109,6 +109,7 @@ impl LlmPipeline {
         }
         // The estimate needs the files' sizes: resolve (download) them before reserving memory.
         let named = |e: ModelError| {
+            models.cache.record_load_failure(name);
             let mut e = model_error(e);
             e.message = format!("model `{name}`: {}", e.message);
             e
@@ -190,7 +191,11 @@ impl Pipeline for LlmPipeline {
                 let load_started = Instant::now();
                 let (loaded, hit) = self.load(&model)?;
                 let load_s = load_started.elapsed().as_secs_f64();
-                (local::generate(&loaded, &gen_req, progress, cancel)?, "candle", load_s, Some(hit))
+                let generated = local::generate(&loaded, &gen_req, progress, cancel);
+                if loaded.needs_reload() {
+                    self.models.cache.invalidate(&model);
+                }
+                (generated?, "candle", load_s, Some(hit))
             }
             ModelBackend::Openai => {
                 let remote = spec.remote.as_ref().expect("validated: openai models have a remote");

@@ -118,7 +118,10 @@ async fn stream(
     };
     let status = response.status();
     if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
+        let text = tokio::select! {
+            _ = cancel.cancelled() => return Err(PipelineError::cancelled()),
+            t = tokio::time::timeout(idle, response.text()) => t.ok().and_then(Result::ok).unwrap_or_default(),
+        };
         let message = format!("{url} answered {status}: {}", short(&text));
         // Overload and server trouble pass; a rejected request (bad model name, prompt too long for the
         // context, bad key) fails the same way every time.
@@ -137,6 +140,8 @@ async fn stream(
     let mut first_token_s = None;
     let mut gen_started = None;
     let max_stop = req.params.stop.iter().map(String::len).max().unwrap_or(0);
+    // Whether the server said the generation is over (`[DONE]`, a finish reason, or our stop string).
+    let mut ended = false;
     'read: loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(PipelineError::cancelled()),
@@ -156,6 +161,7 @@ async fn stream(
             let line = String::from_utf8_lossy(&line);
             let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else { continue };
             if data == "[DONE]" {
+                ended = true;
                 break 'read;
             }
             let event: serde_json::Value = serde_json::from_str(data).map_err(|e| {
@@ -183,17 +189,24 @@ async fn stream(
                 if let Some(at) = find_stop(&text, from, &req.params.stop) {
                     text.truncate(at);
                     finish = Finish::Stop;
+                    ended = true;
                     break 'read;
                 }
                 let per_s = chunks as f64 / since.elapsed().as_secs_f64().max(1e-9);
                 progress.tokens((chunks as f32 / req.max_tokens as f32).min(1.0), chunks as u32, per_s as f32);
             }
             match choice.get("finish_reason").and_then(|v| v.as_str()) {
-                Some("length") => finish = Finish::Length,
-                Some(_) => finish = Finish::Stop,
+                Some("length") => (finish, ended) = (Finish::Length, true),
+                Some(_) => (finish, ended) = (Finish::Stop, true),
                 None => {}
             }
         }
+    }
+    if !ended {
+        // The connection closed mid-generation: what we have is a truncated answer, not a completion.
+        return Err(PipelineError::retryable(format!(
+            "{url} closed the stream after {chunks} chunks without finishing the completion"
+        )));
     }
     let first = first_token_s.unwrap_or_else(|| started.elapsed().as_secs_f64());
     let (prompt_tokens, completion) = usage.unwrap_or((None, None));

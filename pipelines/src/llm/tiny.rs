@@ -105,9 +105,36 @@ pub fn write_tokenizer(path: &Path) -> Result<(), String> {
     std::fs::write(path, serde_json::to_vec_pretty(&json).map_err(err)?).map_err(err)
 }
 
-fn randn(shape: &[usize], std: f32) -> Result<Tensor, String> {
-    Tensor::randn(0f32, std, shape, &Device::Cpu).map_err(err)
+/// Normal samples from a seeded generator (xorshift64* and Box-Muller): the same seed writes the same
+/// model, so tests on these models behave the same on every run. candle's own `randn` cannot be seeded.
+struct Normal(u64);
+
+impl Normal {
+    fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        // 53 random bits in (0, 1].
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    fn tensor(&mut self, shape: &[usize], std: f32) -> Result<Tensor, String> {
+        let n: usize = shape.iter().product();
+        let mut values = Vec::with_capacity(n);
+        while values.len() < n {
+            let (u1, u2) = (self.next_unit(), self.next_unit());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let a = 2.0 * std::f64::consts::PI * u2;
+            values.push((r * a.cos()) as f32 * std);
+            values.push((r * a.sin()) as f32 * std);
+        }
+        values.truncate(n);
+        Tensor::from_vec(values, shape, &Device::Cpu).map_err(err)
+    }
 }
+
+/// Seed of the generated weights.
+const SEED: u64 = 0x5EED_1A2B_3C4D_5E6F;
 
 /// The shape of a generated model (the tests' models are [`Dims::TINY`]; the benchmark makes a bigger one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +188,8 @@ pub fn write_gguf_with(path: &Path, arch: TinyArch, d: Dims, quant: GgmlDType) -
         ("tokenizer.ggml.eos_token_id".into(), u(EOS as usize)),
         ("tokenizer.chat_template".into(), gguf_file::Value::String(CHATML.into())),
     ];
+    let rng = std::cell::RefCell::new(Normal(SEED ^ arch as u64));
+    let randn = |shape: &[usize], std: f32| rng.borrow_mut().tensor(shape, std);
     let q8 = |shape: &[usize]| QTensor::quantize(&randn(shape, 0.5)?, quant).map_err(err);
     let f32s = |t: Tensor| QTensor::quantize(&t, GgmlDType::F32).map_err(err);
     let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu).map_err(err);
@@ -231,6 +260,25 @@ pub fn write_safetensors(dir: &Path, arch: TinyArch) -> Result<(), String> {
         TinyArch::Qwen2 => {
             let cfg: qwen2::Config = serde_json::from_value(config.clone()).map_err(err)?;
             qwen2::ModelForCausalLM::new(&cfg, vb).map_err(err)?;
+        }
+    }
+    // The constructors drew candle's unseeded initial values; replace them with seeded ones of the same
+    // shapes.
+    let mut rng = Normal(SEED ^ (arch as u64 + 2));
+    {
+        let vars = varmap.data().lock().map_err(err)?;
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let std =
+                var.as_tensor().to_dtype(DType::F32).and_then(|t| t.flatten_all()?.var_keepdim(0)).map_err(err)?;
+            let std = std.to_vec1::<f32>().map_err(err)?[0].sqrt();
+            // Norm weights are all ones already. The spread is capped so the logits stay flat enough for
+            // sampling to matter (an embedding of spread 1 tied to the output makes them very peaked).
+            if std >= 1e-6 {
+                var.set(&rng.tensor(var.as_tensor().dims(), std.min(0.2))?).map_err(err)?;
+            }
         }
     }
     varmap.save(dir.join("model.safetensors")).map_err(err)?;
