@@ -223,8 +223,19 @@ fn a_prompt_longer_than_the_context_is_a_clear_permanent_error() {
     .unwrap_err();
     assert_eq!(err.kind, PipelineErrorKind::Permanent);
     assert!(err.message.contains(&format!("has a context of {} tokens", tiny::CONTEXT)), "{}", err.message);
-    // A prompt that fits but leaves less room than max_tokens generates up to the end of the context.
+    // A prompt that fits but leaves less room than max_tokens generates up to the end of the context (the
+    // GGUF Llama evaluates such a prompt in two chunks, the safetensors Llama in one pass).
     let prompt = "w".repeat(tiny::CONTEXT - 40);
+    let mut texts = Vec::new();
+    for model in ["llama-gguf", "llama-st"] {
+        let out = run(
+            &p,
+            &job("edge", serde_json::json!({"prompt": prompt, "model": model, "max_tokens": 500, "temperature": 0.0})),
+        );
+        assert_eq!(out["truncated_to_context"], true, "{out}");
+        texts.push(out["usage"]["prompt_tokens"].clone());
+    }
+    assert!(texts[0].as_u64().unwrap() > 128, "the prompt spans more than one chunk: {texts:?}");
     let out = run(&p, &job("edge", serde_json::json!({"prompt": prompt, "max_tokens": 500, "temperature": 0.0})));
     let used = out["usage"]["total_tokens"].as_u64().unwrap();
     assert!(used <= tiny::CONTEXT as u64, "{out}");

@@ -22,6 +22,8 @@ use super::{Finish, GenRequest, Generation};
 use crate::ProgressSink;
 use crate::error::{PipelineError, PipelineErrorKind};
 
+/// Prompt tokens evaluated per forward pass where the model allows chunking.
+const PROMPT_CHUNK: usize = 128;
 /// How many recent tokens the repetition penalty looks at.
 const REPEAT_WINDOW: usize = 64;
 /// End-of-turn tokens of the common chat formats; those a tokenizer has end generation.
@@ -74,6 +76,13 @@ impl Drop for Session<'_> {
 }
 
 impl Session<'_> {
+    /// Whether the prompt may be evaluated in chunks (a cancel is then honoured between chunks). Not for
+    /// candle's safetensors Llama, whose mask assumes an empty KV cache for multi-token inputs, nor for
+    /// the quantized Qwen2, which would cache a mask per chunk shape.
+    fn chunks_prompt(&self) -> bool {
+        matches!(self, Session::QLlama(_) | Session::Qwen2(_))
+    }
+
     /// Logits of the next token (a vector over the vocabulary) after `ids` at position `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, device: &Device) -> candle_core::Result<Tensor> {
         let input = Tensor::new(ids, device)?.unsqueeze(0)?;
@@ -468,8 +477,19 @@ pub fn generate(
     let started = Instant::now();
     progress.progress(0.0, "prompt", Some(format!("{} prompt tokens", prompt_ids.len())));
     model.note_prompt(prompt_ids.len());
-    let mut logits =
-        session.forward(&prompt_ids, 0, &model.device).map_err(|e| classify(&e, "evaluating the prompt"))?;
+    let chunk = if session.chunks_prompt() { PROMPT_CHUNK } else { prompt_ids.len() };
+    let mut logits = None;
+    for (i, part) in prompt_ids.chunks(chunk).enumerate() {
+        if i > 0 {
+            if cancel.is_cancelled() {
+                return Err(PipelineError::cancelled());
+            }
+            progress.progress(0.0, "prompt", Some(format!("{} of {} prompt tokens", i * chunk, prompt_ids.len())));
+        }
+        logits =
+            Some(session.forward(part, i * chunk, &model.device).map_err(|e| classify(&e, "evaluating the prompt"))?);
+    }
+    let mut logits = logits.expect("the prompt is not empty");
     let prompt_s = started.elapsed().as_secs_f64();
     let mut sampler = LogitsProcessor::from_sampling(req.seed, sampling(req));
     let mut all = prompt_ids.clone();
@@ -546,6 +566,29 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_evaluated_in_chunks_gives_the_logits_of_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::tiny::write_examples(dir.path()).unwrap();
+        let manifest = ainern2d_models::Manifest::from_toml(
+            "device = \"cpu\"\n[models.m]\nkind = \"llm\"\nformat = \"gguf\"\nsource = \"tiny-llama.gguf\"\ntokenizer = \"tokenizer.json\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let models = Models::new(manifest, None, ainern2d_models::CacheMetrics::new(), &[]).unwrap();
+        let model = load(&models, "m", models.spec("m").unwrap()).unwrap();
+        let ids: Vec<u32> = (0..200u32).map(|i| (i * 7) % 256).collect();
+        let cancel = CancellationToken::new();
+        let mut one = model.session(&cancel).unwrap();
+        assert!(one.chunks_prompt());
+        let whole = one.forward(&ids, 0, &model.device).unwrap();
+        let mut two = model.session(&cancel).unwrap();
+        two.forward(&ids[..PROMPT_CHUNK], 0, &model.device).unwrap();
+        let chunked = two.forward(&ids[PROMPT_CHUNK..], PROMPT_CHUNK, &model.device).unwrap();
+        let diff = (whole - chunked).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-3, "chunked logits differ by {diff}");
+    }
 
     #[test]
     fn stop_strings_are_found_from_a_char_boundary() {
