@@ -251,39 +251,46 @@ pub struct EventTap {
     pub seen: Vec<Event>,
 }
 
+/// An exclusive queue bound to the `<prefix>.events` exchange with `routing` (`job.#`,
+/// `worker.heartbeat.#`); returns its name.
+pub async fn events_queue(channel: &Channel, prefix: &str, routing: &str) -> String {
+    let exchange = format!("{prefix}.events");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            routing.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    queue.name().to_string()
+}
+
 impl EventTap {
     pub async fn new(channel: &Channel, prefix: &str) -> EventTap {
-        let exchange = format!("{prefix}.events");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                "job.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let queue = events_queue(channel, prefix, "job.#").await;
         let consumer = channel
             .basic_consume(
-                queue.name().clone(),
+                queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),

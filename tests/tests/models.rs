@@ -27,38 +27,6 @@ fn sha256(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
-/// An exclusive queue that receives the bed's heartbeats.
-async fn heartbeat_queue(s: &Bed) -> String {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let exchange = format!("{}.events", s.prefix);
-    s.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let q = s
-        .channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    s.channel
-        .queue_bind(
-            q.name().clone(),
-            exchange.as_str().into(),
-            "worker.heartbeat.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    q.name().to_string()
-}
-
 #[test]
 fn the_example_llm_job_runs_on_candle_with_the_example_manifest() {
     let root = repo_root();
@@ -130,7 +98,7 @@ tokenizer = "tiny/tokenizer.json"
         "[jobs]\nkinds = [\"llm\"]\n[jobs.backends]\nllm = \"inference\"\n[models]\nmanifest = \"{}\"\n",
         manifest_path.display()
     );
-    let beats = heartbeat_queue(&s).await;
+    let beats = events_queue(&s.channel, &s.prefix, "worker.heartbeat.#").await;
     // Every progress message is published (the tiny model outruns the tests' 100 ms interval).
     let (config, _) = s.config(&extra);
     let mut w = Worker::spawn(&config.replace("progress_interval_ms = 100", "progress_interval_ms = 0"));
