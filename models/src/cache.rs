@@ -162,6 +162,23 @@ impl ModelCache {
         T: Send + Sync + 'static,
         F: FnOnce() -> Result<T, ModelError>,
     {
+        self.get_or_load_until(name, device, bytes, &|| false, load)
+    }
+
+    /// [`ModelCache::get_or_load`] for a job: while another caller loads the same model, `cancelled` is
+    /// polled, and a cancelled job stops waiting with [`ModelError::Cancelled`].
+    pub fn get_or_load_until<T, F>(
+        &self,
+        name: &str,
+        device: &str,
+        bytes: u64,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        load: F,
+    ) -> Result<(Lease<T>, bool), ModelError>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Result<T, ModelError>,
+    {
         if let Some(hit) = self.lookup::<T>(name)? {
             self.metrics.hits.get_or_create(&CacheMetrics::model(name)).inc();
             return Ok((hit, true));
@@ -169,7 +186,18 @@ impl ModelCache {
         let gate =
             self.loading.lock().unwrap_or_else(PoisonError::into_inner).entry(name.to_string()).or_default().clone();
         // A load that panicked poisons the gate; the next caller simply loads again.
-        let _loading = gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let _loading = loop {
+            match gate.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if cancelled() {
+                        return Err(ModelError::Cancelled { what: format!("model `{name}` to load") });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
         // Someone else may have loaded it while we waited for the gate.
         if let Some(hit) = self.lookup::<T>(name)? {
             self.metrics.hits.get_or_create(&CacheMetrics::model(name)).inc();
@@ -409,6 +437,31 @@ mod tests {
         // The panicked load's reservation came back and its gate still works.
         c.get_or_load("boom", "cpu", 20 * MB, || Ok::<_, ModelError>(4u32)).unwrap();
         c.get_or_load("new", "cpu", 60 * MB, || Ok::<_, ModelError>(3u32)).unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_waiting_for_another_jobs_load() {
+        let (c, _) = cache(100);
+        let c = Arc::new(c);
+        let loader = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                c.get_or_load("slow", "cpu", MB, || {
+                    std::thread::sleep(std::time::Duration::from_millis(800));
+                    Ok::<_, ModelError>(1u32)
+                })
+                .unwrap();
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let started = Instant::now();
+        let deadline = started + std::time::Duration::from_millis(100);
+        let err = c
+            .get_or_load_until::<u32, _>("slow", "cpu", MB, &|| Instant::now() > deadline, || unreachable!())
+            .unwrap_err();
+        assert!(matches!(err, ModelError::Cancelled { .. }), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        loader.join().unwrap();
     }
 
     #[test]

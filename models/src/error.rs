@@ -25,6 +25,8 @@ pub enum ModelError {
     Device { spec: String, message: String },
     #[error("loading model `{name}` failed: {message}")]
     Load { name: String, message: String },
+    #[error("cancelled while waiting for {what}")]
+    Cancelled { what: String },
 }
 
 impl ModelError {

@@ -56,8 +56,14 @@ impl FileCache {
     /// The local path of `file`: the file itself when local (verified when a sha256 is given), else the
     /// cached download.
     pub fn resolve(&self, file: &FileRef) -> Result<PathBuf, ModelError> {
+        self.resolve_until(file, &|| false)
+    }
+
+    /// [`FileCache::resolve`] for a job: while another process or job downloads the file, `cancelled` is
+    /// polled, and a cancelled job stops waiting with [`ModelError::Cancelled`].
+    pub fn resolve_until(&self, file: &FileRef, cancelled: &(dyn Fn() -> bool + Sync)) -> Result<PathBuf, ModelError> {
         if file.is_s3() {
-            return self.download(file);
+            return self.download(file, cancelled);
         }
         let path = self.base_dir.join(&file.location);
         if !path.is_file() {
@@ -83,7 +89,7 @@ impl FileCache {
         Ok(path)
     }
 
-    fn download(&self, file: &FileRef) -> Result<PathBuf, ModelError> {
+    fn download(&self, file: &FileRef, cancelled: &(dyn Fn() -> bool + Sync)) -> Result<PathBuf, ModelError> {
         let location = &file.location;
         let expected = file.sha256.as_deref().map(str::to_ascii_lowercase).ok_or_else(|| ModelError::Download {
             location: location.clone(),
@@ -107,7 +113,20 @@ impl FileCache {
             .write(true)
             .open(&lock_path)
             .map_err(|e| cache_err(format!("cannot open {}: {e}", lock_path.display())))?;
-        lock.lock().map_err(|e| cache_err(format!("cannot lock {}: {e}", lock_path.display())))?;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if cancelled() {
+                        return Err(ModelError::Cancelled { what: format!("the download of {location}") });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(cache_err(format!("cannot lock {}: {e}", lock_path.display())));
+                }
+            }
+        }
         if target.is_file() {
             return Ok(target);
         }
@@ -264,6 +283,22 @@ mod tests {
         let cache = FileCache::new(dir.path().into(), dir.path().into(), Some(s3));
         assert_eq!(std::fs::read(cache.resolve(&file).unwrap()).unwrap(), b"weights");
         assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_waiting_for_another_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = fake(&[("s3://models/w.gguf", b"weights")]);
+        let file = FileRef { location: "s3://models/w.gguf".into(), sha256: Some(sha(b"weights")) };
+        // Another process holds the download lock.
+        let held = File::create(dir.path().join(format!("{}.lock", sha(b"weights")))).unwrap();
+        held.lock().unwrap();
+        let cache = FileCache::new(dir.path().into(), dir.path().into(), Some(s3.clone()));
+        let err = cache.resolve_until(&file, &|| true).unwrap_err();
+        assert!(matches!(err, ModelError::Cancelled { .. }), "{err}");
+        assert_eq!(s3.downloads.load(Ordering::SeqCst), 0);
+        held.unlock().unwrap();
+        assert!(cache.resolve_until(&file, &|| false).is_ok());
     }
 
     #[test]

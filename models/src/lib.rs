@@ -81,4 +81,13 @@ impl Models {
     pub fn local_path(&self, file: &FileRef) -> Result<PathBuf, ModelError> {
         self.files.resolve(file)
     }
+
+    /// [`Models::local_path`] that stops waiting for someone else's download once `cancelled` says so.
+    pub fn local_path_until(
+        &self,
+        file: &FileRef,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<PathBuf, ModelError> {
+        self.files.resolve_until(file, cancelled)
+    }
 }

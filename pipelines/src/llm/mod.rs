@@ -60,6 +60,9 @@ pub struct Generation {
 
 /// Maps a model-layer error onto how the worker should treat the job.
 pub fn model_error(e: ModelError) -> PipelineError {
+    if matches!(e, ModelError::Cancelled { .. }) {
+        return PipelineError::cancelled();
+    }
     let kind = if e.is_retryable() { PipelineErrorKind::Retryable } else { PipelineErrorKind::Permanent };
     PipelineError { kind, message: e.to_string() }
 }
@@ -102,6 +105,16 @@ impl LlmPipeline {
     /// The loaded candle model `name` from the warm cache (loading it on a miss). Returns whether it was
     /// already loaded.
     pub fn load(&self, name: &str) -> Result<(Arc<LoadedLlm>, bool), PipelineError> {
+        self.load_until(name, &|| false)
+    }
+
+    /// [`LlmPipeline::load`] for a job: waiting for another job's load or download of the same model ends
+    /// (as a cancellation) once `cancelled` says so.
+    pub fn load_until(
+        &self,
+        name: &str,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(Arc<LoadedLlm>, bool), PipelineError> {
         let models = &self.models;
         let spec = models.spec(name).map_err(model_error)?;
         if let Some(loaded) = models.cache.get::<LoadedLlm>(name).map_err(model_error)? {
@@ -109,20 +122,27 @@ impl LlmPipeline {
         }
         // The estimate needs the files' sizes: resolve (download) them before reserving memory.
         let named = |e: ModelError| {
+            if matches!(e, ModelError::Cancelled { .. }) {
+                return model_error(e);
+            }
             models.cache.record_load_failure(name);
             let mut e = model_error(e);
             e.message = format!("model `{name}`: {}", e.message);
             e
         };
-        let mut files: Vec<std::path::PathBuf> =
-            spec.weights().iter().map(|f| models.local_path(f)).collect::<Result<_, _>>().map_err(named)?;
+        let mut files: Vec<std::path::PathBuf> = spec
+            .weights()
+            .iter()
+            .map(|f| models.local_path_until(f, cancelled))
+            .collect::<Result<_, _>>()
+            .map_err(named)?;
         if let Some(t) = spec.tokenizer_file() {
-            files.push(models.local_path(&t).map_err(named)?);
+            files.push(models.local_path_until(&t, cancelled).map_err(named)?);
         }
         let bytes = local::estimate_bytes(spec, &files);
         models
             .cache
-            .get_or_load(name, &models.device_key, bytes, || local::load(models, name, spec))
+            .get_or_load_until(name, &models.device_key, bytes, cancelled, || local::load(models, name, spec))
             .map_err(model_error)
     }
 }
@@ -189,7 +209,7 @@ impl Pipeline for LlmPipeline {
             ModelBackend::Candle => {
                 progress.progress(0.0, "load", Some(format!("model {model}")));
                 let load_started = Instant::now();
-                let (loaded, hit) = self.load(&model)?;
+                let (loaded, hit) = self.load_until(&model, &|| cancel.is_cancelled())?;
                 let load_s = load_started.elapsed().as_secs_f64();
                 let generated = local::generate(&loaded, &gen_req, progress, cancel);
                 if loaded.needs_reload() {
