@@ -17,14 +17,14 @@ use crate::error::PipelineError;
 /// The OpenAI API accepts at most this many stop strings; the rest are enforced here.
 const MAX_REMOTE_STOPS: usize = 4;
 
+fn new_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()
+}
+
+/// The client shared by every job on the worker's runtime (one connection pool).
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("building an HTTP client with static settings")
-    })
+    CLIENT.get_or_init(|| new_client().expect("building an HTTP client with static settings"))
 }
 
 /// Runs the streaming request on the worker's runtime (this is called on a blocking thread), or on a
@@ -42,10 +42,9 @@ pub fn generate(
                 .enable_all()
                 .build()
                 .map_err(|e| PipelineError::retryable(format!("cannot start an HTTP runtime: {e}")))?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| PipelineError::retryable(format!("cannot build an HTTP client: {e}")))?;
+            // A pool belongs to the runtime it was made on: a private runtime gets a private client.
+            let client =
+                new_client().map_err(|e| PipelineError::retryable(format!("cannot build an HTTP client: {e}")))?;
             rt.block_on(stream(&client, remote, req, progress, cancel))
         }
     }
