@@ -9,7 +9,6 @@
 //! (build the worker first: `cargo build --release -p ainern2d-worker`).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::JobKind;
@@ -18,7 +17,9 @@ use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+mod support;
 
 #[derive(Parser)]
 struct Args {
@@ -45,20 +46,6 @@ fn job_body(i: usize) -> Vec<u8> {
         "output": {"prefix": "bench"},
     }))
     .unwrap()
-}
-
-async fn fill(ch: &Channel, queue: &str, n: usize) -> anyhow::Result<()> {
-    let mut pending = Vec::with_capacity(n);
-    for i in 0..n {
-        let props = BasicProperties::default().with_delivery_mode(2);
-        pending.push(
-            ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &job_body(i), props).await?,
-        );
-    }
-    for p in pending {
-        p.await?;
-    }
-    Ok(())
 }
 
 async fn bare_loop(conn: &Connection, prefix: &str, n: usize, prefetch: u16) -> anyhow::Result<Duration> {
@@ -94,7 +81,7 @@ async fn bare_loop(conn: &Connection, prefix: &str, n: usize, prefetch: u16) -> 
         FieldTable::default(),
     )
     .await?;
-    fill(&ch, &queue, n).await?;
+    support::fill(&ch, &queue, n, job_body).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = consume
@@ -168,14 +155,8 @@ async fn worker_run(
     backend: &str,
 ) -> anyhow::Result<(Duration, Option<f64>)> {
     let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let topo = Topology::new(prefix);
-    {
-        use ainern2d_queue::Broker;
-        let session = ainern2d_queue::amqp::AmqpBroker::new(args.amqp.clone()).connect("bench setup").await?;
-        ainern2d_worker::broker::declare_topology(session.as_ref(), &topo, &[JobKind::Llm], &[1000]).await?;
-        session.close().await;
-    }
+    support::declare(&args.amqp, &topo).await?;
     let tap = ch
         .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
         .await?;
@@ -187,26 +168,9 @@ async fn worker_run(
         FieldTable::default(),
     )
     .await?;
-    fill(&ch, &topo.job_queue(JobKind::Llm), args.jobs).await?;
-
-    // Scratch and output directories on tmpfs when there is one: this measures the runtime, not the disk
-    // (on the reference machine a mkdir+write+link+rename sequence costs ~3 ms in /tmp, 0.07 ms on tmpfs).
-    let dir = match std::path::Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm")?,
-        false => tempfile::tempdir()?,
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = format!(
-        "worker_id = \"bench\"\nscratch_dir = \"{scratch}\"\n[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n[jobs]\nkinds = [\"llm\"]\nbackend = \"{backend}\"\nupload_overlap = 0\nretry_delays_ms = [1000]\n[jobs.slots]\nllm = {slots}\n[store]\nkind = \"local\"\nbucket = \"bench\"\nlocal_dir = \"{out}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n",
-        scratch = dir.path().join("scratch").display(),
-        out = dir.path().join("out").display(),
-        amqp = args.amqp,
-        slots = args.prefetch,
-    );
-    std::fs::write(dir.path().join("w.toml"), config)?;
-    let bin = args.worker.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ainern2d-worker"));
-    let mut child =
-        Command::new(&bin).args(["run", "--config"]).arg(dir.path().join("w.toml")).stderr(Stdio::null()).spawn()?;
+    support::fill(&ch, &topo.job_queue(JobKind::Llm), args.jobs, job_body).await?;
+    let worker =
+        support::Worker::start(args.worker.clone(), &args.amqp, prefix, backend, u32::from(args.prefetch), "")?;
     let mut consumer = ch
         .basic_consume(
             tap.name().clone(),
@@ -230,28 +194,14 @@ async fn worker_run(
         v.sort_by(f64::total_cmp);
         println!("    stage {stage:<10} median {:.3} ms", v[v.len() / 2]);
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.port)).await?.text().await?;
     let overhead = histogram_median(&metrics, "ainern2d_worker_overhead_seconds");
-    if let Some(cpu) = cpu_seconds(child.id()) {
+    if let Some(cpu) = support::cpu_seconds(worker.pid()) {
         println!("    worker CPU {:.3} ms per job", cpu * 1e3 / args.jobs as f64);
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
-    for q in [topo.job_queue(JobKind::Llm), topo.retry_queue(JobKind::Llm, 0), topo.dead_letter_queue()] {
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    for e in [topo.events_exchange(), topo.control_exchange(), topo.dead_letter_exchange()] {
-        let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
-    }
+    worker.stop();
+    support::delete(&ch, &topo).await;
     Ok((elapsed, overhead))
-}
-
-/// User + system CPU seconds of a process (Linux `/proc`), for the per-job cost line.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 #[tokio::main]

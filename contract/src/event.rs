@@ -157,8 +157,33 @@ impl Event {
         }
     }
 
+    /// Gives a non-terminal event an id unique to one delivery of the job (`<job_id>/<attempt>/<delivery>/
+    /// <seq>`): a redelivered attempt starts its sequence again, and its `running` and `progress` events
+    /// must not be taken for replays of the earlier delivery's. Terminal and `retrying` ids stay
+    /// deterministic, so a replayed outcome is recognised as one.
+    pub fn with_delivery(mut self, delivery: &str) -> Self {
+        if !(self.status.is_terminal() || self.status == EventStatus::Retrying) {
+            self.event_id = format!("{}/{}/{delivery}/{}", self.job_id, self.attempt, self.seq);
+        }
+        self
+    }
+
     /// Routing key on the events exchange: `job.<kind>.<status>` (`job.unknown.failed` for unparseable jobs).
     pub fn routing_key(&self) -> String {
         format!("job.{}.{}", self.kind.map(|k| k.as_str()).unwrap_or("unknown"), self.status.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_terminal_ids_are_unique_per_delivery_and_outcomes_deterministic() {
+        let ev = |status, delivery| Event::new("j", Some(JobKind::Llm), 2, "w", status, 0).with_delivery(delivery);
+        assert_ne!(ev(EventStatus::Running, "a").event_id, ev(EventStatus::Running, "b").event_id);
+        assert_eq!(ev(EventStatus::Progress, "a").event_id, "j/2/a/0");
+        assert_eq!(ev(EventStatus::Succeeded, "a").event_id, ev(EventStatus::Succeeded, "b").event_id);
+        assert_eq!(ev(EventStatus::Retrying, "a").event_id, "j/2/retrying");
     }
 }

@@ -17,6 +17,9 @@ pub const ATTEMPT_HEADER: &str = "x-ainern2d-attempt";
 pub const REASON_HEADER: &str = "x-ainern2d-reason";
 /// Header on dead letters: the error code.
 pub const ERROR_CODE_HEADER: &str = "x-ainern2d-error-code";
+/// Header on a job message that may have been published before (an outbox relay, the local mode's
+/// restart): the worker looks for stored outputs before running it, as for a redelivery.
+pub const REPLAY_HEADER: &str = "x-ainern2d-replay";
 /// Highest job priority (classic queues only on RabbitMQ 3.10).
 pub const MAX_PRIORITY: u8 = 9;
 

@@ -2,6 +2,11 @@
 //! channel for declarations (re-opened when a failed declaration closed it) and one channel per
 //! subscription, so that a subscription's prefetch is its own and its deliveries are requeued by the broker
 //! when the subscription and its deliveries are dropped (the channel closes with the last handle).
+//!
+//! Unawaited publishes (`publish_nowait`) stay on the confirm channel, so they keep their order with the
+//! confirmed ones, but their confirms are not dropped: lapin keeps a dropped, unresolved confirm until
+//! `wait_for_confirms` (memory that grows with every progress event). A task of the session awaits them
+//! in order instead, through a bounded queue that makes a publisher wait when too many are unconfirmed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,6 +20,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -55,7 +61,9 @@ impl Broker for AmqpBroker {
                 }
             });
         }
-        Ok(Arc::new(AmqpSession { conn, publisher, admin: Mutex::new(admin), lost, reason }))
+        let (unconfirmed, pending) = mpsc::channel(MAX_UNCONFIRMED);
+        tokio::spawn(await_confirms(pending));
+        Ok(Arc::new(AmqpSession { conn, publisher, admin: Mutex::new(admin), lost, reason, unconfirmed }))
     }
 
     fn describe(&self) -> String {
@@ -77,12 +85,39 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// The prefetch limit is the channel's (RabbitMQ's `global` flag), not the consumer's: a subscription is
+/// one consumer on its own channel either way, but RabbitMQ applies a changed per-consumer limit only to
+/// consumers started after it, while a changed channel limit applies at once (a downgrade lowers it).
+const CHANNEL_QOS: BasicQosOptions = BasicQosOptions { global: true };
+
+/// Unawaited publishes that may be unconfirmed at once before `publish_nowait` waits.
+const MAX_UNCONFIRMED: usize = 1024;
+
 struct AmqpSession {
     conn: Connection,
     publisher: Channel,
     admin: Mutex<Channel>,
     lost: CancellationToken,
     reason: Arc<OnceLock<String>>,
+    /// Confirms of unawaited publishes, resolved in order by `await_confirms`.
+    unconfirmed: mpsc::Sender<(String, lapin::PublisherConfirm)>,
+}
+
+/// Resolves the confirms of unawaited publishes so lapin can forget them; a nack or a return is logged
+/// (the publisher chose not to wait, so nobody else will hear of it). Ends with the session's channel.
+async fn await_confirms(mut pending: mpsc::Receiver<(String, lapin::PublisherConfirm)>) {
+    while let Some((target, confirm)) = pending.recv().await {
+        match confirm.await {
+            Ok(c) if c.is_nack() => tracing::warn!(%target, "the broker nacked an unawaited publish"),
+            Ok(c) => {
+                if c.take_message().is_some() {
+                    tracing::debug!(%target, "an unawaited publish was unroutable");
+                }
+            }
+            // The channel is gone: every later confirm fails the same way, and the session is lost.
+            Err(_) => {}
+        }
+    }
 }
 
 impl AmqpSession {
@@ -105,7 +140,7 @@ impl AmqpSession {
         routing_key: &str,
         message: &Message,
     ) -> lapin::Result<lapin::PublisherConfirm> {
-        let options = BasicPublishOptions::default();
+        let options = BasicPublishOptions { mandatory: message.mandatory, ..Default::default() };
         let props = properties(message);
         self.publisher.basic_publish(exchange.into(), routing_key.into(), options, &message.body, props).await
     }
@@ -183,6 +218,7 @@ fn message(props: &BasicProperties, data: Vec<u8>) -> Message {
         message_id: props.message_id().as_ref().map(|s| s.as_str().to_string()),
         content_type: props.content_type().as_ref().map(|s| s.as_str().to_string()),
         persistent: props.delivery_mode() == &Some(2),
+        mandatory: false,
     }
 }
 
@@ -269,17 +305,21 @@ impl Session for AmqpSession {
         if confirm.is_nack() {
             return Err(QueueError::Nacked(format!("{exchange}/{routing_key}")));
         }
+        // A mandatory message that no queue took comes back (basic.return) before its ack.
+        if confirm.take_message().is_some() {
+            return Err(QueueError::Unroutable(target(exchange, routing_key)));
+        }
         Ok(())
     }
 
     async fn publish_nowait(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
-        drop(self.send(exchange, routing_key, message).await?);
-        Ok(())
+        let confirm = self.send(exchange, routing_key, message).await?;
+        self.unconfirmed.send((target(exchange, routing_key), confirm)).await.map_err(|_| QueueError::Closed)
     }
 
     async fn subscribe(&self, queue: &str, tag: &str, prefetch: u16) -> Result<Box<dyn Subscription>> {
         let channel = self.conn.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel.basic_qos(prefetch, CHANNEL_QOS).await?;
         let consumer = match channel
             .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
@@ -302,6 +342,12 @@ impl Session for AmqpSession {
     async fn close(&self) {
         let _ = self.conn.close(200, "closing".into()).await;
     }
+}
+
+/// `exchange/key`, with the default exchange spelled out.
+fn target(exchange: &str, routing_key: &str) -> String {
+    let exchange = if exchange.is_empty() { "(default exchange)" } else { exchange };
+    format!("{exchange}/{routing_key}")
 }
 
 fn reply_code(e: &lapin::Error) -> Option<u16> {
@@ -347,6 +393,11 @@ impl Subscription for AmqpSubscription {
         self.channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()).await?;
         Ok(())
     }
+
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<()> {
+        self.channel.basic_qos(prefetch, CHANNEL_QOS).await?;
+        Ok(())
+    }
 }
 
 struct AmqpAcker {
@@ -357,14 +408,17 @@ struct AmqpAcker {
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self, multiple: bool) -> Result<()> {
-        self.acker.ack(BasicAckOptions { multiple }).await?;
-        Ok(())
+        sent(self.acker.ack(BasicAckOptions { multiple }).await?, "ack")
     }
 
     async fn nack(&self, requeue: bool) -> Result<()> {
-        self.acker.nack(BasicNackOptions { requeue, ..Default::default() }).await?;
-        Ok(())
+        sent(self.acker.nack(BasicNackOptions { requeue, ..Default::default() }).await?, "nack")
     }
+}
+
+/// lapin answers `Ok(false)` for a settlement it did not send (a used or poisoned acker): not done.
+fn sent(sent: bool, what: &'static str) -> Result<()> {
+    if sent { Ok(()) } else { Err(QueueError::NotSettled(what)) }
 }
 
 #[cfg(test)]

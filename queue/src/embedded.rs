@@ -422,12 +422,20 @@ impl Session for EmbeddedSession {
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
         self.check_open()?;
         let placed = self.inner.lock().enqueue(exchange, routing_key, message)?;
+        if placed.is_empty() && message.mandatory {
+            let exchange = if exchange.is_empty() { "(default exchange)" } else { exchange };
+            return Err(QueueError::Unroutable(format!("{exchange}/{routing_key}")));
+        }
         after_enqueue(&self.inner, placed);
         Ok(())
     }
 
     async fn publish_nowait(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
-        self.publish(exchange, routing_key, message).await
+        // As on RabbitMQ, an unawaited publish that no queue takes is not the publisher's error.
+        match self.publish(exchange, routing_key, message).await {
+            Err(QueueError::Unroutable(_)) => Ok(()),
+            other => other,
+        }
     }
 
     async fn subscribe(&self, queue: &str, _tag: &str, prefetch: u16) -> Result<Box<dyn Subscription>> {
@@ -494,6 +502,23 @@ impl Subscription for EmbeddedSubscription {
         }
         drop(state);
         self.rx.close();
+        Ok(())
+    }
+
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<()> {
+        let mut state = self.inner.lock();
+        let Some(chan) = state.channels.get_mut(&self.channel) else { return Err(QueueError::Closed) };
+        chan.prefetch = prefetch;
+        // A raised limit may let waiting messages through now.
+        let queues: Vec<String> = state
+            .queues
+            .iter()
+            .filter(|(_, q)| q.consumers.iter().any(|c| c.channel == self.channel))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for q in queues {
+            state.dispatch(&q);
+        }
         Ok(())
     }
 }

@@ -8,12 +8,17 @@
 //!   message TTL with dead-lettering, prefetch, redelivery of what a closed channel left unacked) for the
 //!   one-command local mode.
 //!
-//! One conformance suite (`tests/tests/queue.rs`) runs against both. This crate knows nothing of jobs or
-//! events: bodies are bytes. It is the only crate that knows lapin.
+//! One conformance suite (`tests/tests/queue.rs`) runs against both. Bodies are bytes: this crate knows
+//! the contract's topology names (`topology` declares them for the worker and the hub alike) but never a
+//! job or an event. It is the only crate that knows lapin. With the `faults` feature, `faults` wraps a
+//! session to fail chosen publishes and settlements, for tests of the code above the boundary.
 
 pub mod amqp;
 pub mod embedded;
+#[cfg(feature = "faults")]
+pub mod faults;
 mod topic;
+pub mod topology;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +45,10 @@ pub enum QueueError {
     Closed,
     #[error("delivery {0} is already settled")]
     UnknownDelivery(u64),
+    #[error("no queue took a mandatory message published to {0}; is the queue declared?")]
+    Unroutable(String),
+    #[error("the broker client did not send the {0} (the delivery's channel is closed or the delivery was already settled)")]
+    NotSettled(&'static str),
 }
 
 impl QueueError {
@@ -58,6 +67,8 @@ impl QueueError {
             QueueError::Mismatch(_) => "mismatch",
             QueueError::Closed => "closed",
             QueueError::UnknownDelivery(_) => "unknown_delivery",
+            QueueError::Unroutable(_) => "unroutable",
+            QueueError::NotSettled(_) => "not_settled",
         }
     }
 }
@@ -130,6 +141,9 @@ pub struct Message {
     pub content_type: Option<String>,
     /// Survives a broker restart (delivery mode 2).
     pub persistent: bool,
+    /// A confirmed publish that no queue takes fails with [`QueueError::Unroutable`] instead of
+    /// vanishing (AMQP's `mandatory` flag).
+    pub mandatory: bool,
 }
 
 impl Message {
@@ -153,6 +167,12 @@ impl Message {
         self
     }
 
+    /// See [`Message::mandatory`].
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
     pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
         self.message_id = Some(id.into());
         self
@@ -165,6 +185,8 @@ impl Message {
 
 /// Settles one delivery. A delivery that is never settled returns to its queue (flagged redelivered) when
 /// its subscription and every other delivery of that subscription are gone, like an AMQP channel closing.
+/// `Ok` means the settlement was sent; one the client could not send (closed channel, already settled) is
+/// an error ([`QueueError::NotSettled`]), never a silent success.
 #[async_trait]
 pub trait Acker: Send + Sync {
     /// `multiple`: also every earlier unsettled delivery of the same subscription.
@@ -199,6 +221,9 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Option<Result<Delivery>>;
     /// Stops deliveries. Deliveries already handed out can still be settled.
     async fn cancel(&mut self) -> Result<()>;
+    /// Changes the prefetch limit of this subscription from now on (AMQP `basic.qos`); deliveries already
+    /// handed out stay.
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<()>;
 }
 
 /// A connection to the broker.
@@ -217,7 +242,8 @@ pub trait Session: Send + Sync {
     /// Publishes and waits until the broker has taken responsibility for the message.
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()>;
     /// Publishes without waiting for the confirm (progress-like messages whose loss is harmless); order
-    /// with the session's other publishes is kept.
+    /// with the session's other publishes is kept. Memory stays bounded: at most a fixed number of these
+    /// may be unconfirmed at once, and a publish beyond that waits for the oldest confirm.
     async fn publish_nowait(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()>;
     /// Subscribes with at most `prefetch` unsettled deliveries (0: unlimited).
     async fn subscribe(&self, queue: &str, tag: &str, prefetch: u16) -> Result<Box<dyn Subscription>>;

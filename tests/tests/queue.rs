@@ -348,6 +348,60 @@ async fn deleting_the_queue_ends_the_subscription(mut bed: Bed) {
     bed.cleanup().await;
 }
 
+async fn mandatory_publishes_fail_when_unroutable(mut bed: Bed) {
+    let events = bed.exchange("nowhere", ExchangeKind::Topic).await;
+    let missing = unique("missing");
+    let mandatory = Message::json("{}").mandatory();
+    for (exchange, key) in [("", missing.as_str()), (events.as_str(), "job.llm.succeeded")] {
+        let err = bed.session.publish(exchange, key, &mandatory).await.expect_err("no queue takes it");
+        assert!(matches!(err, QueueError::Unroutable(_)), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+        // Without the flag the broker drops it silently, as AMQP says; an unawaited publish never fails.
+        bed.session.publish(exchange, key, &Message::json("{}")).await.unwrap();
+        bed.session.publish_nowait(exchange, key, &mandatory).await.unwrap();
+    }
+    let q = bed.queue(QueueSpec::durable(missing.clone())).await;
+    bed.session.publish("", &q, &mandatory).await.unwrap();
+    depth_eventually(&bed.session, &q, 1).await;
+    // The session is still usable after the returns.
+    bed.publish("", &q, "after").await;
+    depth_eventually(&bed.session, &q, 2).await;
+    bed.cleanup().await;
+}
+
+async fn prefetch_can_change_while_subscribed(mut bed: Bed) {
+    let q = bed.queue(QueueSpec::durable(unique("qos"))).await;
+    for i in 0..6 {
+        bed.publish("", &q, &format!("m{i}")).await;
+    }
+    let mut sub = bed.session.subscribe(&q, "t", 1).await.unwrap();
+    let first = next(&mut sub).await;
+    nothing(&mut sub).await;
+    sub.set_prefetch(3).await.unwrap();
+    let (second, third) = (next(&mut sub).await, next(&mut sub).await);
+    nothing(&mut sub).await;
+    sub.set_prefetch(1).await.unwrap();
+    for d in [first, second, third] {
+        d.acker.ack(false).await.unwrap();
+    }
+    let fourth = next(&mut sub).await;
+    nothing(&mut sub).await;
+    fourth.acker.ack(false).await.unwrap();
+    bed.cleanup().await;
+}
+
+async fn settling_twice_is_an_error(mut bed: Bed) {
+    let q = bed.queue(QueueSpec::durable(unique("twice"))).await;
+    bed.publish("", &q, "once").await;
+    let mut sub = bed.session.subscribe(&q, "t", 1).await.unwrap();
+    let d = next(&mut sub).await;
+    d.acker.ack(false).await.unwrap();
+    assert!(d.acker.ack(false).await.is_err(), "a second ack must not report success");
+    assert!(d.acker.nack(true).await.is_err(), "nor a nack after the ack");
+    depth_eventually(&bed.session, &q, 0).await;
+    bed.cleanup().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod rabbitmq {
@@ -373,4 +427,7 @@ conformance!(
     exclusive_queue_goes_with_its_session,
     declarations_are_idempotent,
     deleting_the_queue_ends_the_subscription,
+    mandatory_publishes_fail_when_unroutable,
+    prefetch_can_change_while_subscribed,
+    settling_twice_is_an_error,
 );

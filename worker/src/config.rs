@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use ainern2d_contract::JobKind;
 use ainern2d_pipelines::MockConfig;
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +61,9 @@ pub struct JobsConfig {
     pub backend: Backend,
     /// Per-kind overrides of `backend`, e.g. `{ llm = "inference" }`.
     pub backends: BTreeMap<JobKind, Backend>,
+    /// Longest a job of a kind may run (inference and upload) when it names no earlier `deadline`; past
+    /// it the job is cancelled and retried. Unset: no limit.
+    pub max_runtime_s: BTreeMap<JobKind, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,8 +100,10 @@ pub struct StoreConfig {
     /// S3 endpoint (MinIO: `http://minio:9000`); empty for AWS.
     pub endpoint: String,
     pub region: String,
+    /// With `secret_access_key`; both empty: the standard AWS credential chain (environment, profile, web
+    /// identity, container), and without one of those the worker does not start.
     pub access_key_id: String,
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Path-style URLs (`endpoint/bucket/key`), as MinIO expects.
     pub force_path_style: bool,
     /// Create the output bucket at start when it is missing.
@@ -112,6 +115,42 @@ pub struct StoreConfig {
     pub presign_ttl_s: u64,
     /// Root directory of the `local` store.
     pub local_dir: PathBuf,
+    /// Buckets a job's `output.bucket` may name besides `bucket`; a job naming any other is refused.
+    pub allowed_buckets: Vec<String>,
+}
+
+/// A config value that is a credential: serialized as itself (the config file round-trips; `--print-config`
+/// masks it), never shown by `Debug`, so no `{:?}` of a config or a store can leak it into a log.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.into())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,6 +166,9 @@ pub struct FetchConfig {
     pub timeout_s: u64,
     pub connect_timeout_s: u64,
     pub max_redirects: usize,
+    /// Buckets `s3://` inputs may name. Unset: the output bucket (`store.bucket`) only; `[]`: no `s3://`
+    /// inputs at all. The worker's credentials can read more than jobs should.
+    pub allowed_buckets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,22 +201,7 @@ pub struct ShutdownConfig {
     pub grace_s: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// JSON when stderr is not a terminal, pretty otherwise.
-    Auto,
-    Json,
-    Pretty,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// `tracing` filter directive (`info`, `ainern2d_worker=debug`).
-    pub filter: String,
-}
+pub use ainern2d_cli::{LogConfig, LogFormat};
 
 impl Default for Config {
     fn default() -> Self {
@@ -214,6 +241,7 @@ impl Default for JobsConfig {
             upload_overlap: 1,
             max_attempts: 3,
             retry_delays_ms: vec![1_000, 10_000, 60_000],
+            max_runtime_s: BTreeMap::new(),
             backend: Backend::Mock,
             backends: BTreeMap::new(),
         }
@@ -227,14 +255,15 @@ impl Default for StoreConfig {
             bucket: "ainern2d-outputs".into(),
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
-            access_key_id: "minioadmin".into(),
-            secret_access_key: "minioadmin".into(),
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
             force_path_style: true,
             create_bucket: true,
             multipart_threshold_bytes: 16 * 1024 * 1024,
             part_size_bytes: 8 * 1024 * 1024,
             presign_ttl_s: 3600,
             local_dir: PathBuf::from("outputs"),
+            allowed_buckets: Vec::new(),
         }
     }
 }
@@ -249,6 +278,7 @@ impl Default for FetchConfig {
             timeout_s: 300,
             connect_timeout_s: 10,
             max_redirects: 5,
+            allowed_buckets: None,
         }
     }
 }
@@ -277,49 +307,29 @@ impl Default for ShutdownConfig {
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Auto, filter: "info".into() }
-    }
-}
-
 pub const ENV_PREFIX: &str = "AINERN2D_WORKER_";
 
 impl Config {
     /// Defaults, then the TOML file (if any), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, String> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(format!("config file {} does not exist", path.display()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        // Variables of the same prefix that are not config keys (the config path, the admin token).
-        let env = Env::prefixed(ENV_PREFIX)
-            .filter(|key| !matches!(key.as_str().to_ascii_lowercase().as_str(), "config"))
-            .split("__");
-        Self::extract(figment.merge(env))
+        // `CONFIG` is the config file's own path, not a key.
+        Self::complete(ainern2d_cli::load(path, ENV_PREFIX, &["config"])?)
     }
 
     /// Parses a TOML document alone (tests).
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+        Self::complete(ainern2d_cli::from_toml(text)?)
     }
 
-    fn extract(figment: Figment) -> Result<Config, String> {
-        let mut config: Config = figment.extract().map_err(|e| {
-            e.into_iter()
-                .map(|e| {
-                    let key = e.path.join(".");
-                    if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+    /// Fills the defaults that depend on other keys, then validates.
+    fn complete(mut config: Config) -> Result<Config, String> {
         if config.worker_id.is_empty() {
             let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into());
             config.worker_id = format!("{host}-{}", std::process::id());
+        }
+        // The safe default for s3:// inputs depends on another section: the output bucket only.
+        if config.fetch.allowed_buckets.is_none() {
+            config.fetch.allowed_buckets = Some(vec![config.store.bucket.clone()]);
         }
         config.validate()?;
         Ok(config)
@@ -365,6 +375,9 @@ impl Config {
         if self.jobs.retry_delays_ms.is_empty() || self.jobs.retry_delays_ms.contains(&0) {
             return bad("jobs.retry_delays_ms", "needs at least one delay, each above 0");
         }
+        if let Some((kind, _)) = self.jobs.max_runtime_s.iter().find(|(_, s)| **s == 0) {
+            return bad(&format!("jobs.max_runtime_s.{kind}"), "must be at least 1 (leave it out for no limit)");
+        }
         if self.store.kind == StoreKind::S3 && self.store.bucket.is_empty() {
             return bad("store.bucket", "must be set");
         }
@@ -373,6 +386,23 @@ impl Config {
         }
         if self.store.multipart_threshold_bytes < self.store.part_size_bytes {
             return bad("store.multipart_threshold_bytes", "must be at least store.part_size_bytes");
+        }
+        match (self.store.access_key_id.is_empty(), self.store.secret_access_key.is_empty()) {
+            (false, true) => {
+                return bad("store.secret_access_key", "is empty while store.access_key_id is set; set both");
+            }
+            (true, false) => {
+                return bad("store.access_key_id", "is empty while store.secret_access_key is set; set both");
+            }
+            _ => {}
+        }
+        let bucket_name =
+            |b: &String| !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+        if !self.store.allowed_buckets.iter().all(bucket_name) {
+            return bad("store.allowed_buckets", "bucket names are non-empty [A-Za-z0-9._-]");
+        }
+        if !self.fetch.allowed_buckets.iter().flatten().all(bucket_name) {
+            return bad("fetch.allowed_buckets", "bucket names are non-empty [A-Za-z0-9._-]");
         }
         if self.shutdown.grace_s == 0 {
             return bad("shutdown.grace_s", "must be at least 1");
@@ -422,6 +452,7 @@ mod tests {
             ("[jobs]\nmax_attempts = 0", "jobs.max_attempts"),
             ("[jobs.slots]\nvideo = 0", "jobs.slots.video"),
             ("[jobs]\nretry_delays_ms = []", "jobs.retry_delays_ms"),
+            ("[jobs.max_runtime_s]\nvideo = 0", "jobs.max_runtime_s.video"),
             ("[store]\npart_size_bytes = 10", "store.part_size_bytes"),
             ("[mock]\nfailure_rate = 2.0", "mock.failure_rate"),
             ("[store]\nbukket = \"x\"", "bukket"),
@@ -438,10 +469,49 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let c = Config::from_toml(
-            "[broker]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\n[store]\nsecret_access_key = \"s3cr3t\"",
+            "[broker]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\n[store]\naccess_key_id = \"AKIA\"\nsecret_access_key = \"s3cr3t\"",
         )
         .unwrap();
         let shown = c.to_masked_toml();
         assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn the_s3_secret_is_not_in_debug_output() {
+        let c = Config::from_toml("[store]\naccess_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"s3cr3t\"").unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}"), format!("{:?}", c.store)] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn there_are_no_default_s3_credentials() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.store.access_key_id.is_empty() && c.store.secret_access_key.is_empty(), "{:?}", c.store);
+    }
+
+    #[test]
+    fn input_buckets_default_to_the_output_bucket() {
+        let c = Config::from_toml("[store]\nbucket = \"media-out\"").unwrap();
+        assert_eq!(c.fetch.allowed_buckets, Some(vec!["media-out".to_string()]));
+        let c = Config::from_toml("[fetch]\nallowed_buckets = []").unwrap();
+        assert_eq!(c.fetch.allowed_buckets, Some(vec![]));
+        let c = Config::from_toml("[fetch]\nallowed_buckets = [\"in\"]").unwrap();
+        assert_eq!(c.fetch.allowed_buckets, Some(vec!["in".to_string()]));
+    }
+
+    #[test]
+    fn fetch_and_store_errors_name_the_key() {
+        let table = [
+            ("[fetch]\nallowed_buckets = [\"\"]", "fetch.allowed_buckets"),
+            ("[fetch]\nallowed_buckets = [\"a/b\"]", "fetch.allowed_buckets"),
+            ("[store]\nallowed_buckets = [\"\"]", "store.allowed_buckets"),
+            ("[store]\naccess_key_id = \"AKIA\"", "store.secret_access_key"),
+            ("[store]\nsecret_access_key = \"s3cr3t\"", "store.access_key_id"),
+        ];
+        for (toml, key) in table {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.contains(key), "{toml:?} -> {err}");
+        }
     }
 }

@@ -69,10 +69,9 @@ pub async fn apply(shared: &Arc<Shared>, publisher: &Publisher, jobs: &TaskTrack
             });
         }
         ControlCommand::Cancel { job_id } => {
-            let running = shared.running.lock().expect("running lock").get(&job_id).cloned();
-            match running {
-                Some(token) => token.cancel(),
-                None => {
+            match shared.running.cancel(&job_id) {
+                true => {}
+                false => {
                     let mut cancelled = shared.cancelled.lock().expect("cancelled lock");
                     if cancelled.len() >= REMEMBERED_CANCELS {
                         cancelled.pop_front();

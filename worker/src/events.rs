@@ -20,6 +20,8 @@ pub struct Emitter {
     worker_id: String,
     traceparent: Option<String>,
     downgrade: Option<String>,
+    /// Unique per delivery: keeps the ids of a redelivered attempt's non-terminal events apart.
+    delivery: String,
     seq: Arc<AtomicU32>,
 }
 
@@ -41,6 +43,7 @@ impl Emitter {
             worker_id: worker_id.into(),
             traceparent: None,
             downgrade: None,
+            delivery: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             seq: Arc::new(AtomicU32::new(0)),
         }
     }
@@ -63,7 +66,8 @@ impl Emitter {
             &self.worker_id,
             status,
             self.seq.fetch_add(1, Ordering::Relaxed),
-        );
+        )
+        .with_delivery(&self.delivery);
         event.traceparent = self.traceparent.clone();
         event.downgrade = self.downgrade.clone();
         event

@@ -2,166 +2,46 @@
 //! (host allowlist, no loopback/private/link-local addresses after DNS resolution and on every redirect),
 //! size and time limits. Relative paths are read only in the one-shot `exec` mode.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod redact;
+mod ssrf;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::io::AsyncWriteExt;
+
+pub use redact::redact;
+use ssrf::{GuardedResolver, Refusal};
+pub use ssrf::{UrlPolicy, is_public};
 
 use crate::config::FetchConfig;
 use crate::store::{ArtifactStore, StoreError};
 
+/// The message of a fetch error becomes a `failed` event's message and a log line, so it never shows the
+/// credentials of a presigned URL: the constructors mask them, and so does `Display` for errors built by hand.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The URL is not allowed (scheme, allowlist, address): permanent.
-    #[error("input `{name}` refused: {reason}")]
+    #[error("input `{name}` refused: {}", redact(.reason))]
     Refused { name: String, reason: String },
     /// The input could not be read; `retryable` says whether a later attempt may succeed.
-    #[error("input `{name}` unavailable: {reason}")]
+    #[error("input `{name}` unavailable: {}", redact(.reason))]
     Unavailable { name: String, reason: String, retryable: bool },
 }
 
 impl FetchError {
+    pub fn refused(name: &str, reason: impl AsRef<str>) -> Self {
+        FetchError::Refused { name: name.into(), reason: redact(reason.as_ref()) }
+    }
+
+    pub fn unavailable(name: &str, reason: impl AsRef<str>, retryable: bool) -> Self {
+        FetchError::Unavailable { name: name.into(), reason: redact(reason.as_ref()), retryable }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, FetchError::Unavailable { retryable: true, .. })
-    }
-}
-
-/// Whether an address is one a job may make the worker connect to: not loopback, private, link-local,
-/// shared (CGNAT), multicast, documentation, benchmarking, reserved or unspecified, in v4 or v6 form.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let s = v6.segments();
-            let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0];
-            if nat64 {
-                return is_public_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1)
-                || s[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
-        }
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    !(ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || o[0] == 0
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 shared address space
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
-        || o[0] >= 240)
-}
-
-/// The URL policy shared by the first request, every redirect and the DNS resolver.
-#[derive(Debug, Clone)]
-pub struct UrlPolicy {
-    allowed_hosts: Vec<String>,
-    trusted_hosts: Vec<String>,
-    allow_http: bool,
-}
-
-impl UrlPolicy {
-    pub fn new(cfg: &FetchConfig) -> Self {
-        let lower = |v: &Vec<String>| v.iter().map(|h| h.to_ascii_lowercase()).collect();
-        UrlPolicy {
-            allowed_hosts: lower(&cfg.allowed_hosts),
-            trusted_hosts: lower(&cfg.trusted_hosts),
-            allow_http: cfg.allow_http,
-        }
-    }
-
-    fn trusted(&self, host: &str) -> bool {
-        self.trusted_hosts.iter().any(|h| h == host)
-    }
-
-    fn allowed(&self, host: &str) -> bool {
-        self.allowed_hosts.is_empty()
-            || self.trusted(host)
-            || self.allowed_hosts.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len()
-                        && host.ends_with(suffix)
-                        && host[..host.len() - suffix.len()].ends_with('.')
-                }
-                None => h == host,
-            })
-    }
-
-    /// Checks a URL before any connection is made. Host names are checked again, after resolution, by
-    /// [`GuardedResolver`]; IP literals are fully decided here.
-    pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            "http" => return Err("plain http:// is not allowed (fetch.allow_http is off); use https://".into()),
-            other => return Err(format!("scheme `{other}` is not allowed")),
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err("URLs with embedded credentials are not allowed".into());
-        }
-        let host = url.host_str().ok_or("URL has no host")?.to_ascii_lowercase();
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        if !self.allowed(&host) {
-            return Err(format!("host `{host}` is not in fetch.allowed_hosts"));
-        }
-        if let Ok(ip) = host.parse::<IpAddr>()
-            && !is_public(ip)
-            && !self.trusted(&host)
-        {
-            return Err(format!("address {ip} is loopback, private, link-local or reserved"));
-        }
-        Ok(())
-    }
-}
-
-/// Refusal raised inside reqwest (resolver, redirect policy); found again by walking the error chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refusal(String);
-
-/// Resolves through the system resolver and refuses a name if any of its addresses is not public, so a DNS
-/// answer cannot point the worker at internal services (the connection uses exactly the checked addresses).
-#[derive(Debug, Clone)]
-struct GuardedResolver {
-    policy: Arc<UrlPolicy>,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_ascii_lowercase();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !policy.trusted(&host)
-                && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
-            {
-                return Err(Box::new(Refusal(format!(
-                    "host `{host}` resolves to {}, a loopback, private, link-local or reserved address",
-                    bad.ip()
-                ))) as _);
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
     }
 }
 
@@ -171,6 +51,8 @@ pub struct Fetcher {
     http: reqwest::Client,
     policy: Arc<UrlPolicy>,
     store: Option<Arc<dyn ArtifactStore>>,
+    /// Buckets `s3://` inputs may name (`fetch.allowed_buckets`, resolved at config load).
+    buckets: Vec<String>,
     max_bytes: u64,
     /// Base directory for relative paths; `None` refuses them (the daemon).
     local_base: Option<PathBuf>,
@@ -187,7 +69,7 @@ impl Fetcher {
                 if attempt.previous().len() > max_redirects {
                     return attempt.error(Refusal(format!("more than {max_redirects} redirects")));
                 }
-                match redirect_policy.check(attempt.url()) {
+                match redirect_policy.check_redirect(attempt.previous(), attempt.url()) {
                     Ok(()) => attempt.follow(),
                     Err(reason) => {
                         let reason = format!("redirect to {} refused: {reason}", attempt.url());
@@ -200,21 +82,29 @@ impl Fetcher {
             .no_proxy()
             .build()
             .expect("the HTTP client configuration is static and valid");
-        Fetcher { http, policy, store, max_bytes: cfg.max_bytes, local_base }
+        // Unresolved (a config built in code, not loaded) fails closed: no bucket.
+        let buckets = cfg.allowed_buckets.clone().unwrap_or_default();
+        Fetcher { http, policy, store, buckets, max_bytes: cfg.max_bytes, local_base }
     }
 
     /// Downloads one input to `dest`.
     pub async fn fetch(&self, name: &str, url: &str, dest: &Path) -> Result<u64, FetchError> {
-        let refused = |reason: String| FetchError::Refused { name: name.into(), reason };
+        let refused = |reason: String| FetchError::refused(name, reason);
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').ok_or_else(|| refused("expected s3://bucket/key".into()))?;
+            // The worker's S3 credentials usually read far more than jobs should (models, other tenants).
+            if !self.buckets.iter().any(|b| b == bucket) {
+                return Err(refused(format!(
+                    "bucket `{bucket}` is not in fetch.allowed_buckets; copy the input into an allowed bucket, or \
+                     ask the operator to allow `{bucket}`"
+                )));
+            }
             let store =
                 self.store.as_ref().ok_or_else(|| refused("s3:// inputs need an S3 store configured".into()))?;
-            return store.get_to_file(bucket, key, dest, self.max_bytes).await.map_err(|e| FetchError::Unavailable {
-                name: name.into(),
-                retryable: e.is_retryable(),
-                reason: e.to_string(),
-            });
+            return store
+                .get_to_file(bucket, key, dest, self.max_bytes)
+                .await
+                .map_err(|e| FetchError::unavailable(name, e.to_string(), e.is_retryable()));
         }
         if url.starts_with("https://") || url.starts_with("http://") {
             return self.fetch_http(name, url, dest).await;
@@ -231,30 +121,18 @@ impl Fetcher {
         let src = base.join(url);
         let len = tokio::fs::metadata(&src)
             .await
-            .map_err(|e| FetchError::Unavailable {
-                name: name.into(),
-                reason: format!("{}: {e}", src.display()),
-                retryable: false,
-            })?
+            .map_err(|e| FetchError::unavailable(name, format!("{}: {e}", src.display()), false))?
             .len();
         if len > self.max_bytes {
-            return Err(FetchError::Unavailable {
-                name: name.into(),
-                reason: format!("{len} bytes is above fetch.max_bytes ({})", self.max_bytes),
-                retryable: false,
-            });
+            let reason = format!("{len} bytes is above fetch.max_bytes ({})", self.max_bytes);
+            return Err(FetchError::unavailable(name, reason, false));
         }
-        tokio::fs::copy(&src, dest).await.map_err(|e| FetchError::Unavailable {
-            name: name.into(),
-            reason: e.to_string(),
-            retryable: true,
-        })
+        tokio::fs::copy(&src, dest).await.map_err(|e| FetchError::unavailable(name, e.to_string(), true))
     }
 
     async fn fetch_http(&self, name: &str, url: &str, dest: &Path) -> Result<u64, FetchError> {
-        let refused = |reason: String| FetchError::Refused { name: name.into(), reason };
-        let unavailable =
-            |reason: String, retryable: bool| FetchError::Unavailable { name: name.into(), reason, retryable };
+        let refused = |reason: String| FetchError::refused(name, reason);
+        let unavailable = |reason: String, retryable: bool| FetchError::unavailable(name, reason, retryable);
         let parsed = reqwest::Url::parse(url).map_err(|e| refused(format!("invalid URL: {e}")))?;
         self.policy.check(&parsed).map_err(refused)?;
         let response = self.http.get(parsed).send().await.map_err(|e| classify(name, &e))?;
@@ -291,7 +169,7 @@ fn classify(name: &str, e: &reqwest::Error) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(r) = err.downcast_ref::<Refusal>() {
-            return FetchError::Refused { name: name.into(), reason: r.0.clone() };
+            return FetchError::refused(name, &r.0);
         }
         source = err.source();
     }
@@ -303,61 +181,89 @@ fn classify(name: &str, e: &reqwest::Error) -> FetchError {
         "request failed"
     };
     let detail = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-    FetchError::Unavailable { name: name.into(), reason: format!("{what}: {detail}"), retryable: true }
+    FetchError::unavailable(name, format!("{what}: {detail}"), true)
 }
 
 impl From<StoreError> for FetchError {
     fn from(e: StoreError) -> Self {
-        FetchError::Unavailable { name: String::new(), retryable: e.is_retryable(), reason: e.to_string() }
+        FetchError::unavailable("", e.to_string(), e.is_retryable())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LocalStore;
 
-    #[test]
-    fn address_classes() {
-        for bad in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-            "224.0.0.1",
-            "255.255.255.255",
-        ] {
-            assert!(!is_public(bad.parse().unwrap()), "{bad} must be refused");
+    #[tokio::test]
+    async fn s3_inputs_only_from_allowed_buckets() {
+        let root = tempfile::tempdir().unwrap();
+        for bucket in ["outputs", "models"] {
+            std::fs::create_dir_all(root.path().join(bucket)).unwrap();
+            std::fs::write(root.path().join(bucket).join("k"), b"bytes").unwrap();
         }
-        for good in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
-            assert!(is_public(good.parse().unwrap()), "{good} must be allowed");
+        let store: Arc<dyn ArtifactStore> = Arc::new(LocalStore::new(root.path()));
+        let dest = root.path().join("dest");
+        let cfg = FetchConfig { allowed_buckets: Some(vec!["outputs".into()]), ..FetchConfig::default() };
+        let fetcher = Fetcher::new(&cfg, Some(store.clone()), None);
+        assert_eq!(fetcher.fetch("image", "s3://outputs/k", &dest).await.unwrap(), 5);
+        let err = fetcher.fetch("image", "s3://models/k", &dest).await.unwrap_err();
+        assert!(matches!(err, FetchError::Refused { .. }) && !err.is_retryable(), "{err}");
+        let shown = err.to_string();
+        assert!(shown.contains("`models`") && shown.contains("fetch.allowed_buckets"), "{shown}");
+        // Unresolved (a config built by hand) or empty: no bucket at all.
+        for allowed in [None, Some(vec![])] {
+            let fetcher = Fetcher::new(
+                &FetchConfig { allowed_buckets: allowed, ..FetchConfig::default() },
+                Some(store.clone()),
+                None,
+            );
+            assert!(matches!(fetcher.fetch("image", "s3://outputs/k", &dest).await, Err(FetchError::Refused { .. })));
         }
     }
 
-    #[test]
-    fn url_policy() {
-        let policy = UrlPolicy::new(&FetchConfig {
-            allowed_hosts: vec!["*.cdn.example".into(), "media.example".into()],
+    /// A local server that answers 403 to everything and redirects `/redirect` to the metadata address.
+    async fn forbidding_server() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .route(
+                "/redirect",
+                axum::routing::get(|| async {
+                    axum::response::Redirect::temporary("http://169.254.169.254/k?X-Amz-Signature=deadbeef0123")
+                }),
+            )
+            .fallback(|| async { axum::http::StatusCode::FORBIDDEN });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_presigned_credentials() {
+        let port = forbidding_server().await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = FetchConfig {
+            allow_http: true,
+            trusted_hosts: vec!["localhost".into()],
+            allowed_buckets: Some(vec![]),
             ..FetchConfig::default()
-        });
-        let check = |u: &str| policy.check(&reqwest::Url::parse(u).unwrap());
-        assert!(check("https://a.cdn.example/x").is_ok());
-        assert!(check("https://media.example/x").is_ok());
-        assert!(check("https://evilcdn.example/x").is_err());
-        assert!(check("https://cdn.example.evil/x").is_err());
-        assert!(check("http://media.example/x").unwrap_err().contains("http://"));
-        assert!(check("ftp://media.example/x").is_err());
-        let open = UrlPolicy::new(&FetchConfig::default());
-        let check = |u: &str| open.check(&reqwest::Url::parse(u).unwrap());
-        assert!(check("https://169.254.169.254/latest/meta-data").unwrap_err().contains("169.254.169.254"));
-        assert!(check("https://[::1]/").is_err());
-        assert!(check("https://user:pw@media.example/").is_err());
+        };
+        let fetcher = Fetcher::new(&cfg, None, None);
+        let query = "X-Amz-Credential=AKIAEXAMPLE%2F20250101&X-Amz-Signature=deadbeef0123";
+        let dir = tempfile::tempdir().unwrap();
+        for url in [
+            format!("http://localhost:{port}/k.png?{query}"),
+            format!("http://localhost:{closed}/k.png?{query}"),
+            format!("http://localhost:{port}/redirect?{query}"),
+            format!("http://127.0.0.1:{port}/k.png?{query}"),
+            format!("ftp://bob:hunter2@h/k.png?{query}"),
+        ] {
+            let err = fetcher.fetch("image", &url, &dir.path().join("in")).await.unwrap_err();
+            for shown in [err.to_string(), format!("{err:?}")] {
+                for secret in ["AKIAEXAMPLE", "deadbeef0123", "hunter2"] {
+                    assert!(!shown.contains(secret), "{url}: {shown}");
+                }
+            }
+        }
     }
 }

@@ -79,8 +79,11 @@ pub fn build(shared: &Shared) -> Heartbeat {
     }
 }
 
-pub async fn send(shared: &Shared, publisher: &Publisher) {
-    let heartbeat = build(shared);
+/// Publishes a heartbeat. It is built on a blocking thread: NVML queries can take milliseconds per GPU
+/// (and block much longer when a driver is wedged), which the reactor must never wait for.
+pub async fn send(shared: &Arc<Shared>, publisher: &Publisher) {
+    let built = shared.clone();
+    let Ok(heartbeat) = tokio::task::spawn_blocking(move || build(&built)).await else { return };
     let body = serde_json::to_vec(&heartbeat).expect("heartbeats serialize");
     let key = Topology::heartbeat_routing_key(&shared.config.worker_id);
     if let Err(e) = publisher.publish_nowait(&shared.topology.events_exchange(), &key, &Message::json(body)).await {

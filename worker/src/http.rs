@@ -35,8 +35,9 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let broker = shared.broker_connected();
     let store = shared.store_ready();
     let state = shared.state();
+    let outcomes = shared.outcome_trouble();
     let accepting = matches!(state, ainern2d_contract::WorkerState::Ready);
-    let ok = broker && store && accepting;
+    let ok = broker && store && accepting && outcomes.is_none();
     let word = |b: bool| if b { "ok" } else { "down" };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unavailable" },
@@ -48,6 +49,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         }).collect::<std::collections::BTreeMap<_, _>>(),
         "components": {
             "broker": word(broker),
+            "outcomes": outcomes.unwrap_or_else(|| "ok".into()),
             "store": word(store),
             "pipelines": shared.pipelines.iter().map(|(k, p)| (k.as_str(), p.backend())).collect::<std::collections::BTreeMap<_, _>>(),
         },

@@ -19,13 +19,13 @@ pub mod metrics;
 pub mod models;
 pub mod runner;
 pub mod s3;
+pub mod scratch;
 pub mod slots;
-pub mod standalone;
 pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use ainern2d_contract::topology::Topology;
@@ -60,8 +60,13 @@ pub struct Shared {
     pub(crate) accepting: tokio::sync::watch::Sender<bool>,
     /// The downgrade profile applied to jobs that start from now on.
     pub(crate) downgrade: std::sync::RwLock<Option<ainern2d_contract::DowngradeProfile>>,
-    /// Cancellation tokens of the jobs in flight, by job id.
-    pub(crate) running: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// The jobs in flight, by job id (cancel reaches them; one run of a job at a time).
+    pub(crate) running: Arc<job::registry::Registry>,
+    /// Outcomes in a row that could not be reported (readiness says so while it is above 0), and why.
+    outcome_failures: AtomicU32,
+    last_outcome_error: std::sync::Mutex<Option<String>>,
+    /// This process's scratch directory (locked; what a killed worker left is swept at start).
+    pub scratch: scratch::ScratchRoot,
     /// Job ids cancelled before they were delivered here (bounded, oldest forgotten first).
     pub(crate) cancelled: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
@@ -114,7 +119,7 @@ impl Shared {
             .map(|k| Ok((*k, models::pipeline(&config, *k, models.as_ref())?)))
             .collect::<anyhow::Result<_>>()?;
         let slots = config.jobs.kinds.iter().map(|k| (*k, slots::Slots::new(config.slots(*k)))).collect();
-        std::fs::create_dir_all(&config.scratch_dir)
+        let scratch = scratch::ScratchRoot::open(&config.scratch_dir)
             .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
         Ok(Arc::new(Shared {
             broker,
@@ -133,7 +138,10 @@ impl Shared {
             stopping: AtomicBool::new(false),
             accepting: tokio::sync::watch::Sender::new(true),
             downgrade: std::sync::RwLock::new(None),
-            running: std::sync::Mutex::new(Default::default()),
+            running: Arc::default(),
+            outcome_failures: AtomicU32::new(0),
+            last_outcome_error: std::sync::Mutex::new(None),
+            scratch,
             cancelled: std::sync::Mutex::new(Default::default()),
         }))
     }
@@ -174,6 +182,32 @@ impl Shared {
         }
     }
 
+    /// Where jobs make their scratch directories.
+    pub fn scratch_root(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
+    pub(crate) fn outcome_published(&self) {
+        if self.outcome_failures.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!("outcomes are being reported again");
+            *self.last_outcome_error.lock().expect("outcome error lock") = None;
+        }
+    }
+
+    /// Records an outcome that could not be reported; returns how many in a row.
+    pub(crate) fn outcome_failed(&self, e: &dyn std::fmt::Display) -> u32 {
+        *self.last_outcome_error.lock().expect("outcome error lock") = Some(e.to_string());
+        self.metrics.outcome_failures.inc();
+        self.outcome_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Why outcomes are not being reported now, if they are not.
+    pub fn outcome_trouble(&self) -> Option<String> {
+        let n = self.outcome_failures.load(Ordering::Relaxed);
+        let last = self.last_outcome_error.lock().expect("outcome error lock").clone();
+        (n > 0).then(|| format!("{n} outcome(s) in a row could not be reported: {}", last.unwrap_or_default()))
+    }
+
     pub(crate) fn broker_up(&self, up: bool) {
         self.broker_connected.store(up, Ordering::Relaxed);
         self.metrics.broker_connected.set(i64::from(up));
@@ -202,6 +236,13 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop.clone()));
     tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
+    let sweeping = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let swept = sweeping.scratch.sweep();
+        if swept > 0 {
+            tracing::info!(swept, "removed the scratch directories of workers that died without cleaning up");
+        }
+    });
     let result = match warm_up(&shared, &shutdown).await {
         Ok(()) if shutdown.is_cancelled() => Ok(()),
         Ok(()) => runner::run(shared.clone(), shutdown).await,
@@ -217,7 +258,11 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
 async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     for (kind, pipeline) in &shared.pipelines {
         let started = std::time::Instant::now();
-        let mut backoff = Duration::from_secs(1);
+        let mut delays = backon::BackoffBuilder::build(backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times());
         loop {
             let p = pipeline.clone();
             let loading = tokio::task::spawn_blocking(move || p.warm_up());
@@ -229,12 +274,12 @@ async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::
                 Ok(()) => break,
                 // The model bucket may not be up yet (the whole stack starting at once): keep trying.
                 Err(e) if e.is_retryable() => {
+                    let backoff = delays.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(kind = %kind, retry_in_s = backoff.as_secs(), "warming up failed, will retry: {}", e.message);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => anyhow::bail!("warming up the {kind} pipeline failed: {}", e.message),
             }

@@ -1,13 +1,15 @@
 //! The job lifecycle as a pure function: how a job's outcome turns into broker effects. The async shell in
-//! `runner` performs them in the order that keeps "nothing lost, nothing twice": the retry or dead-letter
-//! copy is confirmed first, then the event, and only then is the delivery acked.
+//! `job/dispose.rs` performs them in the order that keeps "nothing lost, nothing twice": the dead-letter
+//! copy, then the event (for a retry: the `retrying` event, then the retry copy), each confirmed, and only
+//! then is the delivery acked.
 
 use ainern2d_contract::{ErrorCode, EventStatus};
 
 /// Why a job stopped without an outcome of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {
-    /// The worker is shutting down and the grace period ran out: return the job to its queue.
+    /// Return the job to its queue: the shutdown's grace period ran out, or the worker was cordoned or
+    /// drained while the job waited for a slot.
     Shutdown,
     /// The broker connection died: the broker redelivers the job by itself; nothing to do.
     ConnectionLost,
@@ -26,7 +28,7 @@ pub enum Outcome {
 pub enum Disposition {
     /// Publish the terminal event `status`, then ack.
     Finish { status: EventStatus },
-    /// Publish a copy to retry queue `level` with attempt `next_attempt`, then a `retrying` event, then ack.
+    /// Publish a `retrying` event, then a copy to retry queue `level` with attempt `next_attempt`, then ack.
     Retry { next_attempt: u32, level: usize },
     /// Publish a copy to the dead-letter queue, then the event `status` with error `code`, then ack.
     DeadLetter { status: EventStatus, code: ErrorCode },

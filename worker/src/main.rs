@@ -1,11 +1,11 @@
-//! `ainern2d-worker`: parse the command line and config, then run until a shutdown signal.
+//! `ainern2d-worker`: parse the command line and config, then run until a shutdown signal. (The local mode,
+//! hub and worker in one process, is its own program: `ainern2d`, in `local/`.)
 
 use std::path::PathBuf;
 
-use ainern2d_worker::config::{Config, LogFormat};
+use ainern2d_worker::config::Config;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -41,25 +41,6 @@ enum Command {
     /// Model manifest tools.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// The local mode: hub and worker in one process with an in-process queue, SQLite and a local output
-    /// directory. Serves the hub API and prints how to submit a job.
-    Standalone {
-        /// Holds hub.db (SQLite), outputs/, scratch/ and the admin-token file.
-        #[arg(long, default_value = ".ainern2d")]
-        data_dir: PathBuf,
-        /// Address of the hub API.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Address of the worker's probes and metrics.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        worker_listen: std::net::SocketAddr,
-        /// Hub config file (TOML; AINERN2D_HUB_* variables override it): policy, profiles, alerts.
-        #[arg(long, env = "AINERN2D_HUB_CONFIG")]
-        hub_config: Option<PathBuf>,
-        /// Relative input paths of submitted jobs are read below this directory.
-        #[arg(long, default_value = ".")]
-        inputs_dir: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -75,32 +56,6 @@ enum ModelsCommand {
     },
 }
 
-fn init_logs(config: &Config) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let json = match config.log.format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("shutdown signal received: taking no new jobs, draining");
-    token.cancel();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -112,20 +67,8 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run => {
-            init_logs(&config);
-            let shutdown = CancellationToken::new();
-            tokio::spawn(shutdown_signal(shutdown.clone()));
-            ainern2d_worker::serve(config, shutdown).await
-        }
-        Command::Standalone { data_dir, listen, worker_listen, hub_config, inputs_dir } => {
-            let hub = ainern2d_hub::config::Config::load(hub_config.as_deref())
-                .map_err(|e| anyhow::anyhow!(e))
-                .context("invalid hub configuration")?;
-            init_logs(&config);
-            let shutdown = CancellationToken::new();
-            tokio::spawn(shutdown_signal(shutdown.clone()));
-            let opts = ainern2d_worker::standalone::Options { data_dir, listen, worker_listen, inputs_dir };
-            ainern2d_worker::standalone::run(config, hub, opts, shutdown).await
+            ainern2d_cli::init_logs(&config.log);
+            ainern2d_worker::serve(config, ainern2d_cli::shutdown_on_signal()).await
         }
         Command::Exec { job, out, models } => {
             let mut config = config;

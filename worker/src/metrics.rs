@@ -35,6 +35,8 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     pub reconnects: Counter,
     pub consumer_resubscribes: Counter,
+    pub outcome_failures: Counter,
+    pub unroutable: Counter,
 }
 
 impl Metrics {
@@ -54,6 +56,8 @@ impl Metrics {
         let broker_connected = Gauge::default();
         let reconnects = Counter::default();
         let consumer_resubscribes = Counter::default();
+        let outcome_failures = Counter::default();
+        let unroutable = Counter::default();
         registry.register("jobs", "Jobs finished, by kind and outcome", jobs.clone());
         registry.register(
             "stage_duration_seconds",
@@ -75,6 +79,16 @@ impl Metrics {
             "Consumers re-subscribed after a broker-side cancel",
             consumer_resubscribes.clone(),
         );
+        registry.register(
+            "outcome_failures",
+            "Outcomes that could not be reported (publish or settle failed); the job went back to its queue",
+            outcome_failures.clone(),
+        );
+        registry.register(
+            "unroutable_publishes",
+            "Mandatory publishes (retry and dead-letter copies) that no queue took",
+            unroutable.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -86,6 +100,8 @@ impl Metrics {
             broker_connected,
             reconnects,
             consumer_resubscribes,
+            outcome_failures,
+            unroutable,
         }
     }
 

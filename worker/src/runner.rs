@@ -1,7 +1,10 @@
 //! The daemon's supervisor: connect (with backoff), declare the topology, consume every served kind, and
 //! on SIGTERM stop taking deliveries at once, let in-flight jobs finish within the grace period and return
 //! the rest to the queue. A lost connection is re-established; a broker-side consumer cancel is noticed and
-//! the consumer re-subscribes.
+//! the consumer re-subscribes; a consumer's prefetch follows the inference slots in force.
+//!
+//! Jobs outlive the session that delivered them: when the connection is lost, a job minutes from done
+//! finishes and stores its outputs (keys are deterministic), so its redelivery is re-announced, not re-run.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -9,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::{JobKind, WorkerState};
 use ainern2d_queue::Session;
+use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
 use crate::broker;
 use crate::job::{SessionCtx, handle};
-use crate::lifecycle::Interruption;
 
 enum SessionEnd {
     Shutdown,
@@ -23,8 +26,16 @@ enum SessionEnd {
 }
 
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Every job of every session: the drain waits for all of them, and the abort stops all of them.
+    let jobs = TaskTracker::new();
+    let abort = CancellationToken::new();
     let max_backoff = Duration::from_millis(shared.config.broker.reconnect_max_ms);
-    let mut backoff = Duration::from_millis(250);
+    let policy = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = policy.build();
     let mut first = true;
     loop {
         if shutdown.is_cancelled() {
@@ -38,9 +49,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let session = match connected {
             Ok(session) => session,
             Err(e) => {
+                let backoff = delays.next().unwrap_or(max_backoff);
                 tracing::warn!("broker connection failed: {e}; retrying in {backoff:?}");
                 tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => break }
-                backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
         };
@@ -49,15 +60,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         first = false;
         let started = Instant::now();
-        match run_session(&shared, session, &shutdown).await {
+        match run_session(&shared, session, &shutdown, &jobs, &abort).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(reason) => {
-                tracing::warn!("broker session lost: {reason}; reconnecting in {backoff:?}");
+                // A session that lived a while was a success: start the backoff over.
                 if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(250);
+                    delays = policy.build();
                 }
+                let backoff = delays.next().unwrap_or(max_backoff);
+                tracing::warn!("broker session lost: {reason}; reconnecting in {backoff:?}");
                 tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => break }
-                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }
@@ -66,7 +78,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-async fn run_session(shared: &Arc<Shared>, session: Arc<dyn Session>, shutdown: &CancellationToken) -> SessionEnd {
+async fn run_session(
+    shared: &Arc<Shared>,
+    session: Arc<dyn Session>,
+    shutdown: &CancellationToken,
+    jobs: &TaskTracker,
+    abort: &CancellationToken,
+) -> SessionEnd {
     let declared = broker::declare_topology(
         session.as_ref(),
         &shared.topology,
@@ -85,10 +103,10 @@ async fn run_session(shared: &Arc<Shared>, session: Arc<dyn Session>, shutdown: 
     let stop_consuming = CancellationToken::new();
     let ctx = SessionCtx {
         publisher: publisher.clone(),
-        abort: CancellationToken::new(),
-        abort_reason: Arc::new(OnceLock::new()),
+        abort: abort.clone(),
+        lost: lost.clone(),
+        lost_reason: lost_reason.clone(),
     };
-    let jobs = TaskTracker::new();
     let consumers = TaskTracker::new();
 
     for kind in shared.config.jobs.kinds.clone() {
@@ -131,8 +149,7 @@ async fn run_session(shared: &Arc<Shared>, session: Arc<dyn Session>, shutdown: 
             tracing::info!(in_flight = jobs.len(), ?grace, "draining in-flight jobs");
             if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
                 tracing::warn!(left = jobs.len(), "grace period over; returning the remaining jobs to the queue");
-                let _ = ctx.abort_reason.set(Interruption::Shutdown);
-                ctx.abort.cancel();
+                abort.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
             }
             shared.set_state(WorkerState::Drained);
@@ -140,11 +157,10 @@ async fn run_session(shared: &Arc<Shared>, session: Arc<dyn Session>, shutdown: 
             SessionEnd::Shutdown
         }
         _ = lost.cancelled() => {
-            let _ = ctx.abort_reason.set(Interruption::ConnectionLost);
-            ctx.abort.cancel();
+            // The jobs go on (see the module doc); only this session's consumers stop.
             stop_consuming.cancel();
-            jobs.close();
-            let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
+            consumers.close();
+            consumers.wait().await;
             let reason = lost_reason.get().cloned().or_else(|| session.lost_reason());
             SessionEnd::Lost(reason.unwrap_or_else(|| "connection lost".into()))
         }
@@ -171,8 +187,11 @@ async fn consume(
         let _ = lost_reason.set(why);
         lost.cancel();
     };
-    // Prefetch = slots + the upload overlap: the broker never hands this worker more than it can start.
-    let prefetch = (shared.config.slots(kind) + shared.config.jobs.upload_overlap).min(u32::from(u16::MAX)) as u16;
+    // Prefetch = slots in force + the upload overlap: the broker never hands this worker more than it can
+    // start, before or after a downgrade lowers the slots.
+    let overlap = shared.config.jobs.upload_overlap;
+    let prefetch_of = |slots: u32| (slots + overlap).min(u32::from(u16::MAX)) as u16;
+    let mut limit = shared.slots[&kind].watch_limit();
     let queue = shared.topology.job_queue(kind);
     let mut generation = 0u32;
     let mut accepting = shared.accepting.subscribe();
@@ -187,6 +206,7 @@ async fn consume(
         }
         let tag = format!("{}.{kind}.{generation}", shared.config.worker_id);
         generation += 1;
+        let prefetch = prefetch_of(*limit.borrow_and_update());
         let mut subscription = match session.subscribe(&queue, &tag, prefetch).await {
             Ok(s) => s,
             Err(e) => return fail(format!("subscribing to {queue}: {e}")),
@@ -203,6 +223,13 @@ async fn consume(
                         let _ = subscription.cancel().await;
                         break false;
                     }
+                }
+                Ok(()) = limit.changed() => {
+                    let prefetch = prefetch_of(*limit.borrow_and_update());
+                    if let Err(e) = subscription.set_prefetch(prefetch).await {
+                        return fail(format!("changing the prefetch of {queue} to {prefetch}: {e}"));
+                    }
+                    tracing::info!(%queue, prefetch, "prefetch follows the slots in force");
                 }
                 next = subscription.next() => match next {
                     Some(Ok(delivery)) => {

@@ -1,14 +1,18 @@
 //! The S3 implementation of the artifact store (aws-sdk-s3): MinIO in production, any S3 API in tests.
+//! Credentials come from `store.access_key_id` / `store.secret_access_key`, or, when both are empty, from
+//! the standard AWS chain (environment, profile, web identity, container, instance metadata); never from
+//! a built-in default.
 
 use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_credential_types::provider::{self, ProvideCredentials};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -17,40 +21,156 @@ use tokio::io::AsyncWriteExt;
 use crate::config::StoreConfig;
 use crate::store::{ArtifactStore, StoreError, StoredObject};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     multipart_threshold: u64,
     part_size: u64,
+    /// What `Debug` shows: never the credentials.
+    endpoint: String,
+    credentials: CredentialSource,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &self.credentials)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the S3 client's credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `store.access_key_id` and `store.secret_access_key`.
+    Config,
+    /// The standard AWS chain, which the environment names a source for.
+    AwsChain,
+}
+
+/// Variables that give the standard AWS credential chain something to use.
+const AWS_CHAIN_VARS: [&str; 6] = [
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+/// Decides where credentials come from, without I/O: `env` looks up environment variables and
+/// `shared_files` says whether `~/.aws/credentials` or `~/.aws/config` exists. Refuses to guess: with no
+/// keys configured and no source for the AWS chain, the error names the keys to set.
+pub fn credential_source(
+    cfg: &StoreConfig,
+    env: impl Fn(&str) -> Option<String>,
+    shared_files: bool,
+) -> Result<CredentialSource, String> {
+    match (cfg.access_key_id.is_empty(), cfg.secret_access_key.is_empty()) {
+        (false, false) => return Ok(CredentialSource::Config),
+        (false, true) => {
+            return Err("store.secret_access_key is empty while store.access_key_id is set: set both".into());
+        }
+        (true, false) => {
+            return Err("store.access_key_id is empty while store.secret_access_key is set: set both".into());
+        }
+        (true, true) => {}
+    }
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let env_keys = set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY");
+    if env_keys || AWS_CHAIN_VARS.iter().any(|k| set(k)) || shared_files {
+        return Ok(CredentialSource::AwsChain);
+    }
+    Err("no S3 credentials: set store.access_key_id and store.secret_access_key \
+         (AINERN2D_WORKER_STORE__ACCESS_KEY_ID / AINERN2D_WORKER_STORE__SECRET_ACCESS_KEY), or give the standard \
+         AWS chain a source (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE, \
+         a container credentials URI, or ~/.aws/credentials)"
+        .into())
+}
+
+/// The standard AWS credential chain, built on first use (building it is async; the store is not).
+#[derive(Debug)]
+struct AwsChain {
+    region: String,
+    chain: tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for AwsChain {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| async {
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(Region::new(self.region.clone()))
+                        .build()
+                        .await
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
 }
 
 /// The metadata key that carries the SHA-256 of an object's bytes.
 const SHA_META: &str = "sha256";
 
 impl S3Store {
+    /// The store the config names, refusing to start without credentials (see [`credential_source`]).
+    pub fn from_config(cfg: &StoreConfig) -> Result<Self, StoreError> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let shared_files = home.is_some_and(|h| {
+            let aws = h.join(".aws");
+            aws.join("credentials").is_file() || aws.join("config").is_file()
+        });
+        let source = credential_source(cfg, |k| std::env::var(k).ok(), shared_files).map_err(StoreError::Rejected)?;
+        Ok(Self::with_credentials(cfg, source))
+    }
+
+    /// The store with the configured keys, or the AWS chain when both are empty, unchecked: a store without
+    /// credentials fails each request. Prefer [`S3Store::from_config`].
     pub fn new(cfg: &StoreConfig) -> Self {
-        let mut builder = aws_sdk_s3::config::Builder::new()
+        let source = if cfg.access_key_id.is_empty() && cfg.secret_access_key.is_empty() {
+            CredentialSource::AwsChain
+        } else {
+            CredentialSource::Config
+        };
+        Self::with_credentials(cfg, source)
+    }
+
+    fn with_credentials(cfg: &StoreConfig, source: CredentialSource) -> Self {
+        let builder = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(cfg.region.clone()))
-            .credentials_provider(Credentials::new(
+            .region(Region::new(cfg.region.clone()));
+        let mut builder = match source {
+            CredentialSource::Config => builder.credentials_provider(Credentials::new(
                 &cfg.access_key_id,
-                &cfg.secret_access_key,
+                cfg.secret_access_key.expose(),
                 None,
                 None,
                 "ainern2d-config",
-            ))
-            .force_path_style(cfg.force_path_style)
-            // Third-party S3 servers (MinIO releases, s3s) differ in their support of the newer default
-            // checksums; send and verify them only where the API requires it. Integrity is covered by the
-            // SHA-256 we record ourselves.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .timeout_config(
-                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(300))
-                    .build(),
-            );
+            )),
+            CredentialSource::AwsChain => builder
+                .credentials_provider(AwsChain { region: cfg.region.clone(), chain: tokio::sync::OnceCell::new() }),
+        }
+        .force_path_style(cfg.force_path_style)
+        // Third-party S3 servers (MinIO releases, s3s) differ in their support of the newer default
+        // checksums; send and verify them only where the API requires it. Integrity is covered by the
+        // SHA-256 we record ourselves.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(300))
+                .build(),
+        );
         if !cfg.endpoint.is_empty() {
             builder = builder.endpoint_url(&cfg.endpoint);
         }
@@ -58,6 +178,8 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             multipart_threshold: cfg.multipart_threshold_bytes,
             part_size: cfg.part_size_bytes,
+            endpoint: cfg.endpoint.clone(),
+            credentials: source,
         }
     }
 
@@ -136,7 +258,7 @@ impl S3Store {
     }
 }
 
-fn sdk<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     what: &'static str,
     bucket: &str,
     key: &str,
@@ -148,7 +270,8 @@ fn sdk<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
                 let err = s.err();
                 format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
             }
-            other => format!("{other:?}").chars().take(300).collect(),
+            // The whole cause chain (a missing credential says so deep inside it), bounded.
+            other => DisplayErrorContext(other).to_string().chars().take(600).collect(),
         };
         let retryable = match &e {
             SdkError::ServiceError(s) => {
@@ -269,5 +392,46 @@ impl ArtifactStore for S3Store {
 
     async fn check(&self, bucket: &str) -> Result<(), StoreError> {
         self.client.head_bucket().bucket(bucket).send().await.map(|_| ()).map_err(sdk("head bucket", bucket, ""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(id: &str, secret: &str) -> StoreConfig {
+        StoreConfig { access_key_id: id.into(), secret_access_key: secret.into(), ..StoreConfig::default() }
+    }
+
+    #[test]
+    fn credentials_are_configured_or_come_from_the_aws_chain_never_from_a_default() {
+        let none = |_: &str| None;
+        assert_eq!(credential_source(&keys("AKIA", "s3cr3t"), none, false), Ok(CredentialSource::Config));
+        let err = credential_source(&StoreConfig::default(), none, false).unwrap_err();
+        assert!(err.contains("store.access_key_id") && err.contains("store.secret_access_key"), "{err}");
+        assert!(credential_source(&keys("AKIA", ""), none, true).unwrap_err().contains("store.secret_access_key"));
+        assert!(credential_source(&keys("", "s3cr3t"), none, true).unwrap_err().contains("store.access_key_id"));
+        // The standard chain, when the environment gives it a source.
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let chain = Ok(CredentialSource::AwsChain);
+        let both = env(&[("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", "x")]);
+        assert_eq!(credential_source(&StoreConfig::default(), both, false), chain);
+        assert_eq!(credential_source(&StoreConfig::default(), env(&[("AWS_PROFILE", "prod")]), false), chain);
+        let role = env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token")]);
+        assert_eq!(credential_source(&StoreConfig::default(), role, false), chain);
+        assert_eq!(credential_source(&StoreConfig::default(), none, true), chain);
+        // Half a pair or an empty value is no source.
+        assert!(credential_source(&StoreConfig::default(), env(&[("AWS_ACCESS_KEY_ID", "AKIA")]), false).is_err());
+        assert!(credential_source(&StoreConfig::default(), env(&[("AWS_PROFILE", "")]), false).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let store = S3Store::new(&keys("AKIAEXAMPLE", "s3cr3t-value"));
+        for shown in [format!("{store:?}"), format!("{store:#?}"), format!("{:?}", keys("AKIA", "s3cr3t-value"))] {
+            assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        }
     }
 }

@@ -30,6 +30,11 @@ impl Slots {
         self.target.send_replace(limit);
     }
 
+    /// Follows the limit being worked towards (consumers size their prefetch by it).
+    pub fn watch_limit(&self) -> watch::Receiver<u32> {
+        self.target.subscribe()
+    }
+
     /// The limit being worked towards.
     pub fn limit(&self) -> u32 {
         *self.target.borrow()

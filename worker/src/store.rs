@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::StoreConfig;
+
 /// What the store knows about a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
@@ -31,6 +33,20 @@ impl StoreError {
     /// Unavailability is worth a retry; a missing or oversized object is not.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Whether a job may write its outputs to `bucket` (its `output.bucket`; `None`: `store.bucket`). The
+/// error is the message of an `invalid_field` error on `output.bucket`.
+pub fn check_output_bucket(cfg: &StoreConfig, bucket: Option<&str>) -> Result<(), String> {
+    match bucket {
+        None => Ok(()),
+        Some(b) if b == cfg.bucket || cfg.allowed_buckets.iter().any(|a| a == b) => Ok(()),
+        Some(b) => Err(format!(
+            "bucket `{b}` is not an output bucket of this worker (store.bucket or store.allowed_buckets); leave \
+             output.bucket out to use `{}`, or ask the operator to add `{b}` to store.allowed_buckets",
+            cfg.bucket
+        )),
     }
 }
 
@@ -166,5 +182,30 @@ impl ArtifactStore for LocalStore {
 
     async fn check(&self, bucket: &str) -> Result<(), StoreError> {
         tokio::fs::metadata(self.root.join(bucket)).await.map(|_| ()).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_go_only_to_allowed_buckets() {
+        let cfg = StoreConfig {
+            bucket: "outputs".into(),
+            allowed_buckets: vec!["tenant-a".into()],
+            ..StoreConfig::default()
+        };
+        assert!(check_output_bucket(&cfg, None).is_ok());
+        assert!(check_output_bucket(&cfg, Some("outputs")).is_ok());
+        assert!(check_output_bucket(&cfg, Some("tenant-a")).is_ok());
+        for bad in ["models", "tenant-b", "Outputs", ""] {
+            let err = check_output_bucket(&cfg, Some(bad)).unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")) && err.contains("store.allowed_buckets"), "{bad}: {err}");
+        }
+        // By default only store.bucket.
+        let cfg = StoreConfig { bucket: "outputs".into(), ..StoreConfig::default() };
+        assert!(check_output_bucket(&cfg, Some("outputs")).is_ok());
+        assert!(check_output_bucket(&cfg, Some("ainern2d-models")).is_err());
     }
 }

@@ -1,23 +1,26 @@
-//! The one-command local mode: the hub and a worker in one process over the in-process broker, a local
-//! output directory and SQLite. The code above those boundaries is the production code; only the parts
-//! behind them differ. Jobs that were not finished when the process stopped are enqueued again from the
-//! hub's status store at the next start, so a restart loses nothing.
+//! The one-command local mode (`ainern2d`): the hub and a worker in one process over the in-process
+//! broker, a local output directory and SQLite. The code above those boundaries is the production code;
+//! only the parts behind them differ. Jobs that were not finished when the process stopped are enqueued
+//! again from the hub's status store at the next start (flagged for the worker's replay check, so one
+//! that had finished is re-announced, not re-run), so a restart loses nothing.
+//!
+//! This is the only program that links both the worker and the hub: the daemons stay apart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ainern2d_contract::topology::{ATTEMPT_HEADER, Topology};
+use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER, Topology};
 use ainern2d_queue::embedded::EmbeddedBroker;
 use ainern2d_queue::{Broker, HeaderValue, Message};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StoreKind};
-use crate::store::LocalStore;
+use ainern2d_worker::config::{Config, StoreKind};
+use ainern2d_worker::store::LocalStore;
 
-/// What `ainern2d-worker standalone` takes on its command line.
+/// What `ainern2d` takes on its command line.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Holds `hub.db` (SQLite), `outputs/`, `scratch/` and `admin-token`.
@@ -53,12 +56,37 @@ pub fn configs(
 /// The admin token: `AINERN2D_HUB_ADMIN_TOKEN` when set, else the one in `<data_dir>/admin-token`
 /// (created on first start, readable by the owner only).
 fn admin_token(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data_dir.join("admin-token");
-    if !path.exists() {
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // Created 0600 in one step: a file written first and narrowed after is readable by others in between.
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(mut file) => {
+            let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            file.write_all(token.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            return Ok(path);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        meta.file_type().is_file(),
+        "{} is not a regular file (a link or a directory); remove it, and a new token is made at the next start",
+        path.display()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "the admin token file was readable by other users; narrowed it to 0600 (delete it to get a new token \
+             if they may have read it)"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("narrowing the permissions of {} to 0600", path.display()))?;
     }
     Ok(path)
 }
@@ -96,7 +124,7 @@ pub async fn run(
     }
     anyhow::ensure!(hub.ready().0, "the hub did not subscribe to the in-process broker");
 
-    let shared = crate::Shared::with_parts(
+    let shared = ainern2d_worker::Shared::with_parts(
         worker.clone(),
         broker.clone(),
         Arc::new(LocalStore::new(worker.store.local_dir.clone())),
@@ -105,7 +133,7 @@ pub async fn run(
     let requeued = requeue_unfinished(&hub, broker.as_ref(), &worker).await?;
     print_banner(&opts, &hub_config, requeued);
 
-    let result = crate::serve_shared(shared, shutdown).await;
+    let result = ainern2d_worker::serve_shared(shared, shutdown).await;
     // Give the hub a moment to ingest the worker's last events (the outcome of drained jobs, `drained`).
     tokio::time::sleep(Duration::from_millis(hub_config.ingest.batch_wait_ms + 200)).await;
     hub_stop.cancel();
@@ -120,7 +148,7 @@ async fn requeue_unfinished(hub: &ainern2d_hub::Hub, broker: &dyn Broker, worker
         return Ok(0);
     }
     let session = broker.connect("standalone requeue").await?;
-    crate::broker::declare_topology(
+    ainern2d_worker::broker::declare_topology(
         session.as_ref(),
         &Topology::new(worker.broker.prefix.clone()),
         &worker.jobs.kinds,
@@ -133,7 +161,10 @@ async fn requeue_unfinished(hub: &ainern2d_hub::Hub, broker: &dyn Broker, worker
             .with_context(|| format!("the stored spec of job {} is not a job", job.job_id))?;
         let message = Message::json(serde_json::to_vec(&job.spec)?)
             .with_priority(Some(spec.priority))
-            .with_header(ATTEMPT_HEADER, HeaderValue::Int(job.attempt.into()));
+            .with_header(ATTEMPT_HEADER, HeaderValue::Int(job.attempt.into()))
+            // It may have run to completion before the stop: the worker looks for its outputs first.
+            .with_header(REPLAY_HEADER, HeaderValue::Int(1))
+            .mandatory();
         session.publish("", &topo.job_queue(spec.kind()), &message).await?;
     }
     session.close().await;
@@ -164,4 +195,44 @@ fn print_banner(opts: &Options, hub: &ainern2d_hub::config::Config, requeued: us
     println!("Follow it:   curl -N {api}/v1/jobs/example-video/events");
     println!("Read it:     curl -s {api}/v1/jobs/example-video");
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_admin_token_file_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = admin_token(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        // A second start keeps the token.
+        assert_eq!(std::fs::read_to_string(admin_token(dir.path()).unwrap()).unwrap(), token);
+
+        // A token file others can read (copied in, or made under a loose umask) is narrowed, not used as is.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        admin_token(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn an_admin_token_path_that_is_not_a_plain_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "x").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("admin-token")).unwrap();
+        let err = admin_token(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("admin-token") && err.contains("regular file"), "{err}");
+        assert_eq!(mode(&elsewhere), 0o644, "the link's target must not be touched");
+    }
 }

@@ -1,0 +1,53 @@
+//! The replay check: a job that may have run before (a redelivery, a retry, a message republished by an
+//! outbox or by the local mode's restart) looks for the outputs of an earlier complete run. When every
+//! expected object is stored with a well-formed checksum, that success is re-announced (same event id)
+//! instead of producing a second object or a conflicting event.
+
+use std::time::Duration;
+
+use ainern2d_contract::topology::REPLAY_HEADER;
+use ainern2d_contract::{Job, OutputObject};
+use ainern2d_queue::Delivery;
+
+use crate::Shared;
+
+/// Whether this delivery may follow an earlier run of the job.
+pub(super) fn may_have_run(delivery: &Delivery, attempt: u32) -> bool {
+    delivery.redelivered || attempt > 1 || delivery.message.headers.contains_key(REPLAY_HEADER)
+}
+
+pub(super) async fn stored_outputs(
+    shared: &Shared,
+    job: &Job,
+    delivery: &Delivery,
+    attempt: u32,
+) -> Option<Vec<OutputObject>> {
+    if !may_have_run(delivery, attempt) {
+        return None;
+    }
+    let bucket = super::upload::bucket_of(shared, job);
+    let ttl = Duration::from_secs(shared.config.store.presign_ttl_s);
+    let mut outputs = Vec::new();
+    for name in shared.pipelines[&job.kind()].output_names(job) {
+        let key = job.output_key(&name);
+        let object = shared.store.head(bucket, &key).await.ok()??;
+        // Only a checksum this worker wrote is trusted; anything else means "run it again".
+        let sha256 = object.sha256.filter(|s| is_sha256(s))?;
+        let presigned_url = shared.store.presign_get(bucket, &key, ttl).await.ok();
+        outputs.push(OutputObject {
+            name,
+            bucket: bucket.to_string(),
+            key,
+            size: object.size,
+            sha256,
+            content_type: object.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+            presigned_url,
+        });
+    }
+    // A pipeline that names no outputs (noop) has nothing to find: run it.
+    (!outputs.is_empty()).then_some(outputs)
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}

@@ -1,0 +1,437 @@
+//! The job path's failure paths, in process: the in-process broker behind a fault-injecting wrapper, the
+//! local-directory store, and pipelines written here to be slow or to stop slowly. No services needed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER};
+use ainern2d_contract::{ControlCommand, Event, EventStatus, JobKind, WorkerState};
+use ainern2d_pipelines::{Artifact, CancellationToken, Pipeline, PipelineError, ProgressSink, RunRequest};
+use ainern2d_queue::embedded::EmbeddedBroker;
+use ainern2d_queue::faults::{FaultyBroker, Faults, Settled};
+use ainern2d_queue::{Broker, Delivery, HeaderValue, Message, QueueSpec, Session, Subscription};
+use async_trait::async_trait;
+
+use super::{SessionCtx, handle};
+use crate::Shared;
+use crate::config::{Config, StoreKind};
+use crate::store::{ArtifactStore, LocalStore, StoreError, StoredObject};
+
+/// A pipeline that runs for `run_for` (checking its token), writes `out.txt`, and, once cancelled, takes
+/// `stop_delay` to stop (a GPU kernel that must finish its step).
+#[derive(Default)]
+struct Slow {
+    run_for: Duration,
+    stop_delay: Duration,
+    runs: AtomicU32,
+    returned: AtomicBool,
+}
+
+impl Pipeline for Slow {
+    fn kind(&self) -> JobKind {
+        JobKind::Llm
+    }
+    fn backend(&self) -> &'static str {
+        "slow"
+    }
+    fn output_names(&self, _: &ainern2d_contract::Job) -> Vec<String> {
+        vec!["out.txt".into()]
+    }
+    fn run(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Artifact>, PipelineError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        self.returned.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        while started.elapsed() < self.run_for {
+            if cancel.is_cancelled() {
+                std::thread::sleep(self.stop_delay);
+                self.returned.store(true, Ordering::SeqCst);
+                return Err(PipelineError::cancelled());
+            }
+            progress.progress(started.elapsed().as_secs_f32() / self.run_for.as_secs_f32(), "slow", None);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let path = req.workdir.join("out.txt");
+        std::fs::write(&path, format!("{} attempt {}", req.job.job_id, req.attempt)).unwrap();
+        self.returned.store(true, Ordering::SeqCst);
+        Ok(vec![Artifact { name: "out.txt".into(), path, content_type: "text/plain".into() }])
+    }
+}
+
+/// A store whose `head` waits for a permit: the replay check can be held open.
+struct GatedStore {
+    inner: LocalStore,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl ArtifactStore for GatedStore {
+    async fn put(&self, b: &str, k: &str, f: &Path, ct: &str, sha: &str) -> Result<(), StoreError> {
+        self.inner.put(b, k, f, ct, sha).await
+    }
+    async fn head(&self, b: &str, k: &str) -> Result<Option<StoredObject>, StoreError> {
+        self.gate.acquire().await.expect("open").forget();
+        self.inner.head(b, k).await
+    }
+    async fn presign_get(&self, b: &str, k: &str, ttl: Duration) -> Result<String, StoreError> {
+        self.inner.presign_get(b, k, ttl).await
+    }
+    async fn get_to_file(&self, b: &str, k: &str, d: &Path, max: u64) -> Result<u64, StoreError> {
+        self.inner.get_to_file(b, k, d, max).await
+    }
+    async fn ensure_bucket(&self, b: &str) -> Result<(), StoreError> {
+        self.inner.ensure_bucket(b).await
+    }
+    async fn check(&self, b: &str) -> Result<(), StoreError> {
+        self.inner.check(b).await
+    }
+}
+
+struct Bed {
+    shared: Arc<Shared>,
+    faults: Arc<Faults>,
+    /// The test's own view of the broker (no faults).
+    raw: Arc<dyn Session>,
+    tap: Box<dyn Subscription>,
+    jobs: Box<dyn Subscription>,
+    ctx: SessionCtx,
+    dir: tempfile::TempDir,
+}
+
+struct Options {
+    slots: u32,
+    pipeline: Option<Arc<dyn Pipeline>>,
+    store: Option<Arc<dyn ArtifactStore>>,
+    tweak: fn(&mut Config),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { slots: 1, pipeline: None, store: None, tweak: |_| {} }
+    }
+}
+
+impl Bed {
+    async fn new(opts: Options) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.worker_id = "w-test".into();
+        config.jobs.kinds = vec![JobKind::Llm];
+        config.jobs.slots.insert(JobKind::Llm, opts.slots);
+        config.jobs.retry_delays_ms = vec![60_000];
+        config.store.kind = StoreKind::Local;
+        config.store.local_dir = dir.path().join("out");
+        config.scratch_dir = dir.path().join("scratch");
+        config.events.lifecycle_delay_ms = 0;
+        config.events.progress_interval_ms = 1;
+        (opts.tweak)(&mut config);
+        let embedded = EmbeddedBroker::new();
+        let faulty = FaultyBroker::new(Arc::new(embedded.clone()));
+        let faults = faulty.faults.clone();
+        let store = opts.store.unwrap_or_else(|| Arc::new(LocalStore::new(config.store.local_dir.clone())));
+        let mut shared = Shared::with_parts(config, Arc::new(faulty), store, None).unwrap();
+        if let Some(p) = opts.pipeline {
+            Arc::get_mut(&mut shared).expect("not shared yet").pipelines.insert(JobKind::Llm, p);
+        }
+        let raw = embedded.connect("test").await.unwrap();
+        crate::broker::declare_topology(raw.as_ref(), &shared.topology, &[JobKind::Llm], &[60_000]).await.unwrap();
+        let tap_queue = raw.declare_queue(&QueueSpec { exclusive: true, ..Default::default() }).await.unwrap();
+        raw.bind(&tap_queue, &shared.topology.events_exchange(), "job.#").await.unwrap();
+        let tap = raw.subscribe(&tap_queue, "tap", 0).await.unwrap();
+        let session = shared.broker.connect("worker").await.unwrap();
+        let jobs = session.subscribe(&shared.topology.job_queue(JobKind::Llm), "jobs", 0).await.unwrap();
+        let ctx = SessionCtx {
+            publisher: session.clone(),
+            abort: CancellationToken::new(),
+            lost: session.lost().child_token(),
+            lost_reason: Arc::default(),
+        };
+        Bed { shared, faults, raw, tap, jobs, ctx, dir }
+    }
+
+    async fn submit(&self, id: &str, headers: &[(&str, HeaderValue)]) {
+        let job = serde_json::json!({"schema": "ainern2d.job.v1", "job_id": id, "kind": "llm",
+            "params": {"prompt": "hello", "max_tokens": 4}, "output": {"prefix": "t"}});
+        let mut message = Message::json(serde_json::to_vec(&job).unwrap());
+        for (k, v) in headers {
+            message = message.with_header(k, v.clone());
+        }
+        self.raw.publish("", &self.shared.topology.job_queue(JobKind::Llm), &message).await.unwrap();
+    }
+
+    async fn delivery(&mut self) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(5), self.jobs.next()).await.expect("a delivery").unwrap().unwrap()
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        handle(self.shared.clone(), self.ctx.clone(), JobKind::Llm, delivery).await;
+    }
+
+    /// Events published so far (waits briefly for stragglers).
+    async fn events(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(100), self.tap.next()).await {
+            events.push(serde_json::from_slice(&d.message.body).unwrap());
+            d.acker.ack(false).await.unwrap();
+        }
+        events
+    }
+
+    async fn depth(&self, queue: &str) -> u32 {
+        self.raw.queue_depth(queue).await.unwrap().unwrap_or(0)
+    }
+
+    fn stored(&self) -> usize {
+        walk(&self.dir.path().join("out/ainern2d-outputs"))
+    }
+}
+
+fn walk(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
+}
+
+fn statuses(events: &[Event]) -> Vec<EventStatus> {
+    events.iter().map(|e| e.status).collect()
+}
+
+fn requeued(faults: &Faults) -> usize {
+    faults.settled().iter().filter(|s| matches!(s, Settled::Nack { requeue: true, .. })).count()
+}
+
+#[tokio::test]
+async fn a_nacked_outcome_returns_the_job_at_once_and_shows_in_readiness() {
+    let mut bed = Bed::new(Options::default()).await;
+    bed.faults.nack_publishes("job.llm.succeeded", 1);
+    bed.submit("nacked-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    assert_eq!(requeued(&bed.faults), 1, "the delivery goes back at once: {:?}", bed.faults.settled());
+    assert!(bed.shared.outcome_trouble().is_some(), "readiness says outcomes are failing");
+    assert!(!bed.ctx.lost.is_cancelled(), "one failure does not end the session");
+    // The redelivery finds the stored output and re-announces it; readiness recovers.
+    let again = bed.delivery().await;
+    assert!(again.redelivered);
+    bed.handle(again).await;
+    let events = bed.events().await;
+    let succeeded: Vec<_> = events.iter().filter(|e| e.status == EventStatus::Succeeded).collect();
+    assert_eq!(succeeded.len(), 1, "{:?}", statuses(&events));
+    assert_eq!(bed.stored(), 1);
+    assert!(bed.shared.outcome_trouble().is_none());
+}
+
+#[tokio::test]
+async fn an_ack_that_was_not_sent_brings_the_job_back() {
+    let mut bed = Bed::new(Options::default()).await;
+    bed.faults.fail_acks(1);
+    bed.submit("unacked-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    assert_eq!(requeued(&bed.faults), 1, "{:?}", bed.faults.settled());
+    let again = bed.delivery().await;
+    bed.handle(again).await;
+    let ids: Vec<_> =
+        bed.events().await.into_iter().filter(|e| e.status == EventStatus::Succeeded).map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 2, "announced, then re-announced");
+    assert_eq!(ids[0], ids[1], "under the same id, so consumers deduplicate it");
+    assert_eq!(bed.stored(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_requeue_ends_the_session() {
+    let mut bed = Bed::new(Options::default()).await;
+    bed.faults.nack_publishes("job.llm.succeeded", 1);
+    bed.faults.fail_nacks(1);
+    bed.submit("stuck-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    assert!(bed.ctx.lost.is_cancelled(), "the session ends so the broker requeues the delivery");
+    assert!(bed.ctx.lost_reason.get().unwrap().contains("stuck-1"));
+}
+
+#[tokio::test]
+async fn repeated_outcome_failures_replace_the_session() {
+    let mut bed = Bed::new(Options::default()).await;
+    bed.faults.nack_publishes("job.llm.succeeded", 3);
+    bed.submit("flaky-1", &[]).await;
+    for _ in 0..3 {
+        let d = bed.delivery().await;
+        bed.handle(d).await;
+    }
+    assert!(bed.ctx.lost.is_cancelled());
+}
+
+#[tokio::test]
+async fn a_failed_retrying_event_does_not_fork_a_second_attempt_chain() {
+    let mut bed = Bed::new(Options {
+        tweak: |c| {
+            c.mock.failure_rate = 1.0;
+            c.mock.fault_attempts = 1;
+        },
+        ..Default::default()
+    })
+    .await;
+    let retry_queue = bed.shared.topology.retry_queue(JobKind::Llm, 0);
+    bed.faults.nack_publishes("job.llm.retrying", 1);
+    bed.submit("fork-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    assert_eq!(bed.depth(&retry_queue).await, 0, "no copy may exist while the original comes back");
+    let again = bed.delivery().await;
+    bed.handle(again).await;
+    assert_eq!(bed.depth(&retry_queue).await, 1, "exactly one attempt 2");
+}
+
+#[tokio::test]
+async fn a_redelivered_attempt_gets_event_ids_of_its_own() {
+    let mut bed = Bed::new(Options::default()).await;
+    bed.faults.nack_publishes("job.llm.succeeded", 1);
+    bed.submit("ids-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    // Without its stored output the redelivery really runs again.
+    std::fs::remove_dir_all(bed.dir.path().join("out/ainern2d-outputs")).unwrap();
+    let again = bed.delivery().await;
+    bed.handle(again).await;
+    let running: Vec<_> =
+        bed.events().await.into_iter().filter(|e| e.status == EventStatus::Running).map(|e| e.event_id).collect();
+    assert_eq!(running.len(), 2);
+    assert_ne!(running[0], running[1], "the hub would drop the rerun's events as duplicates");
+}
+
+#[tokio::test]
+async fn a_runtime_limit_keeps_the_slot_until_the_pipeline_has_stopped() {
+    let slow = Arc::new(Slow {
+        run_for: Duration::from_secs(30),
+        stop_delay: Duration::from_millis(600),
+        ..Default::default()
+    });
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow.clone()),
+        tweak: |c| {
+            c.jobs.max_runtime_s.insert(JobKind::Llm, 1);
+        },
+        ..Default::default()
+    })
+    .await;
+    bed.submit("limit-1", &[]).await;
+    let d = bed.delivery().await;
+    let started = Instant::now();
+    bed.handle(d).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "waited for the pipeline: {:?}", started.elapsed());
+    assert!(slow.returned.load(Ordering::SeqCst), "the job ended while its pipeline thread still ran");
+    assert_eq!(bed.shared.slots[&JobKind::Llm].semaphore.available_permits(), 1);
+    let events = bed.events().await;
+    let retrying = events.iter().find(|e| e.status == EventStatus::Retrying).expect("retried");
+    let error = retrying.error.as_ref().unwrap();
+    assert_eq!(error.code, ainern2d_contract::ErrorCode::DeadlineExceeded);
+    assert!(error.message.contains("jobs.max_runtime_s.llm"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn a_cancel_during_the_replay_check_cancels_this_attempt_and_no_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedStore { inner: LocalStore::new(dir.path()), gate: tokio::sync::Semaphore::new(0) });
+    let mut bed = Bed::new(Options { store: Some(store.clone()), ..Default::default() }).await;
+    bed.submit("cancel-1", &[("x-ainern2d-attempt", HeaderValue::Int(2))]).await;
+    let d = bed.delivery().await;
+    let running = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let jobs = tokio_util::task::TaskTracker::new();
+    let publisher = bed.ctx.publisher.clone();
+    crate::control::apply(&bed.shared, &publisher, &jobs, ControlCommand::Cancel { job_id: "cancel-1".into() })
+        .await;
+    store.gate.add_permits(100);
+    running.await.unwrap();
+    let events = bed.events().await;
+    assert!(statuses(&events).contains(&EventStatus::Cancelled), "{:?}", statuses(&events));
+    assert!(!bed.shared.take_cancelled("cancel-1"), "the cancel must not wait for a later attempt");
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_a_slot_goes_back_when_the_worker_is_cordoned() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(800), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), ..Default::default() }).await;
+    bed.submit("busy-1", &[]).await;
+    bed.submit("waiting-1", &[]).await;
+    let first = bed.delivery().await;
+    let second = bed.delivery().await;
+    let a = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, first));
+    let b = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, second));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    bed.shared.set_state(WorkerState::Cordoned);
+    tokio::time::timeout(Duration::from_millis(300), b).await.expect("given back at once").unwrap();
+    assert_eq!(requeued(&bed.faults), 1);
+    a.await.unwrap();
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "the running job finished; the waiting one never started");
+}
+
+#[tokio::test]
+async fn a_job_whose_session_is_lost_finishes_and_its_redelivery_is_reannounced() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(500), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), ..Default::default() }).await;
+    bed.submit("lost-1", &[]).await;
+    let d = bed.delivery().await;
+    let first = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bed.faults.lose_sessions().await;
+    first.await.unwrap();
+    assert_eq!(bed.stored(), 1, "the run went on and stored its output");
+    assert!(bed.faults.settled().is_empty(), "nothing can be settled on a lost session");
+    // The broker redelivers it (here: when the dead subscription is gone) on a new session.
+    drop(std::mem::replace(&mut bed.jobs, bed.raw.subscribe("ainern2d.jobs.llm", "j2", 0).await.unwrap()));
+    let again = tokio::time::timeout(Duration::from_secs(5), bed.jobs.next()).await.unwrap().unwrap().unwrap();
+    assert!(again.redelivered);
+    let session = bed.shared.broker.connect("second").await.unwrap();
+    bed.ctx = SessionCtx {
+        publisher: session.clone(),
+        abort: CancellationToken::new(),
+        lost: session.lost().child_token(),
+        lost_reason: Arc::default(),
+    };
+    bed.handle(again).await;
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "re-announced, not re-run");
+    let events = bed.events().await;
+    assert_eq!(statuses(&events).iter().filter(|s| **s == EventStatus::Succeeded).count(), 1);
+}
+
+#[tokio::test]
+async fn a_republished_first_attempt_is_checked_for_stored_outputs() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(10), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), ..Default::default() }).await;
+    bed.submit("again-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    // The local mode's restart (or an outbox relay) publishes it again as attempt 1, not redelivered.
+    bed.submit("again-1", &[(ATTEMPT_HEADER, HeaderValue::Int(1)), (REPLAY_HEADER, HeaderValue::Int(1))]).await;
+    let d = bed.delivery().await;
+    assert!(!d.redelivered);
+    bed.handle(d).await;
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
+    let ids: Vec<_> =
+        bed.events().await.into_iter().filter(|e| e.status == EventStatus::Succeeded).map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn progress_is_published_while_the_pipeline_runs() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(300), ..Default::default() });
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow),
+        tweak: |c| c.events.progress_interval_ms = 50,
+        ..Default::default()
+    })
+    .await;
+    bed.submit("progress-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    let progress = statuses(&bed.events().await).into_iter().filter(|s| *s == EventStatus::Progress).count();
+    assert!((2..=7).contains(&progress), "one per 50 ms interval at most, got {progress}");
+}
