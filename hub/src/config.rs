@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyConfig;
+// The store owns its section; config depends on store, never the other way round.
+use crate::store::Backend;
+pub use crate::store::DatabaseConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -23,17 +26,38 @@ pub struct Config {
     pub profiles: Vec<ainern2d_contract::DowngradeProfile>,
     pub alerts: AlertsConfig,
     pub api: ApiConfig,
+    pub outbox: OutboxConfig,
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// File holding the admin token for mutating endpoints; `AINERN2D_HUB_ADMIN_TOKEN` is used when empty.
-    /// With neither, every mutating endpoint answers 401.
+    /// With neither, every mutating endpoint answers 401. A file that cannot be read stops the start.
     pub admin_token_file: String,
+    /// File holding the read token for the `/v1` reads; `AINERN2D_HUB_READ_TOKEN` is used when empty. With
+    /// a read token, every read needs it (or the admin token); without one, reads are open but anonymous
+    /// callers never see presigned URLs.
+    pub read_token_file: String,
     /// When not empty, mutating endpoints accept only these client addresses.
     pub allowed_ips: Vec<std::net::IpAddr>,
+    /// Largest request body (a submitted job); larger ones answer 413.
+    pub max_body_bytes: usize,
+    /// Event streams (`/v1/jobs/{id}/events`) open at once; more answer 503.
+    pub max_sse_clients: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token_file: String::new(),
+            read_token_file: String::new(),
+            allowed_ips: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_sse_clients: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,11 +67,32 @@ pub struct AlertsConfig {
     pub webhook_url: String,
     /// How often the backlog of every job queue is sampled.
     pub sample_interval_ms: u64,
+    /// Alerts waiting for the webhook, at most; more are dropped (and counted), so a slow webhook never
+    /// holds up event ingestion.
+    pub queue_capacity: usize,
+    /// How long one webhook call may take.
+    pub timeout_ms: u64,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        AlertsConfig { webhook_url: String::new(), sample_interval_ms: 30_000 }
+        AlertsConfig { webhook_url: String::new(), sample_interval_ms: 30_000, queue_capacity: 256, timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// A submitted job still unpublished after this long is published by the relay (a hub that died
+    /// between recording and publishing it, a broker that was down).
+    pub relay_after_ms: u64,
+    /// How often the relay looks for such jobs.
+    pub relay_interval_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { relay_after_ms: 5_000, relay_interval_ms: 1_000 }
     }
 }
 
@@ -57,17 +102,6 @@ pub struct BrokerConfig {
     pub url: String,
     /// Same prefix as the workers' `broker.prefix`.
     pub prefix: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// The status store: `postgres://…` (or `postgresql://…`), `sqlite://PATH` (the file is created when
-    /// missing) or `sqlite::memory:` (gone when the hub stops).
-    pub url: String,
-    /// Postgres schema for the hub's tables (created when missing); SQLite ignores it.
-    pub schema: String,
-    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +127,10 @@ pub struct RegistryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A request (other than an event stream) that takes longer answers 408.
+    pub request_timeout_ms: u64,
+    /// Requests (other than event streams) served at once; more wait for a turn.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,16 +144,6 @@ pub struct LogConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(), prefix: "ainern2d".into() }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-            schema: "public".into(),
-            max_connections: 8,
-        }
     }
 }
 
@@ -133,7 +161,11 @@ impl Default for RegistryConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9200)) }
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9200)),
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 256,
+        }
     }
 }
 
@@ -161,6 +193,7 @@ impl Default for Config {
             }],
             alerts: AlertsConfig::default(),
             api: ApiConfig::default(),
+            outbox: OutboxConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -177,9 +210,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // Variables of the same prefix that are not config keys (the config path, the admin token).
+        // Variables of the same prefix that are not config keys (the config path, the tokens).
         let env = Env::prefixed(ENV_PREFIX)
-            .filter(|key| !matches!(key.as_str().to_ascii_lowercase().as_str(), "admin_token" | "config"))
+            .filter(|key| {
+                !matches!(key.as_str().to_ascii_lowercase().as_str(), "admin_token" | "read_token" | "config")
+            })
             .split("__");
         Self::extract(figment.merge(env))
     }
@@ -207,7 +242,7 @@ impl Config {
         if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
             return bad("broker.url", "must start with amqp:// or amqps://");
         }
-        if crate::store::Backend::of_url(&self.database.url).is_none() {
+        if Backend::of_url(&self.database.url).is_none() {
             return bad("database.url", "must start with postgres://, postgresql://, sqlite:// or be sqlite::memory:");
         }
         if self.database.schema.is_empty()
@@ -229,6 +264,20 @@ impl Config {
         }
         if !self.alerts.webhook_url.is_empty() && !self.alerts.webhook_url.starts_with("http") {
             return bad("alerts.webhook_url", "must be an http(s) URL");
+        }
+        for (key, value) in [
+            ("alerts.queue_capacity", self.alerts.queue_capacity as u64),
+            ("alerts.timeout_ms", self.alerts.timeout_ms),
+            ("api.max_body_bytes", self.api.max_body_bytes as u64),
+            ("api.max_sse_clients", self.api.max_sse_clients as u64),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.max_concurrent_requests", self.http.max_concurrent_requests as u64),
+            ("outbox.relay_after_ms", self.outbox.relay_after_ms),
+            ("outbox.relay_interval_ms", self.outbox.relay_interval_ms),
+        ] {
+            if value == 0 {
+                return bad(key, "must be above 0");
+            }
         }
         self.policy.validate()
     }
@@ -272,6 +321,8 @@ mod tests {
             ("[policy.gpu]\nclear_pct = 99.0", "policy.gpu.clear_pct"),
             ("[policy.gpu]\nhigh = 3", "high"),
             ("[policy.gpu]\nprofile = \"nope\"", "policy.gpu.profile"),
+            ("[outbox]\nrelay_after_ms = 0", "outbox.relay_after_ms"),
+            ("[api]\nmax_sse_clients = 0", "api.max_sse_clients"),
         ] {
             let err = Config::from_toml(toml).unwrap_err();
             assert!(err.contains(key), "{toml:?} -> {err}");
@@ -284,6 +335,7 @@ mod tests {
         // figment's Jail gives the closure its own environment.
         figment::Jail::expect_with(|jail| {
             jail.set_env("AINERN2D_HUB_ADMIN_TOKEN", "t");
+            jail.set_env("AINERN2D_HUB_READ_TOKEN", "r");
             jail.set_env("AINERN2D_HUB_CONFIG", "/nowhere.toml");
             jail.set_env("AINERN2D_HUB_INGEST__BATCH_MAX", "7");
             let c = Config::load(None).map_err(figment::Error::from)?;

@@ -10,24 +10,26 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
+use crate::api::Tokens;
 
-pub fn router(hub: Arc<Hub>) -> Router {
-    let token = crate::api::load_admin_token(&hub);
-    if token.is_none() {
+pub fn router(hub: Arc<Hub>, tokens: Tokens) -> Router {
+    if tokens.admin.is_none() {
         tracing::warn!(
             "no admin token (api.admin_token_file or AINERN2D_HUB_ADMIN_TOKEN): mutating endpoints answer 401"
         );
     }
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(crate::api::router(hub.clone(), token))
-        .with_state(hub)
+    if tokens.read.is_none() {
+        tracing::info!(
+            "no read token (api.read_token_file or AINERN2D_HUB_READ_TOKEN): reads are open, without presigned URLs"
+        );
+    }
+    let probes =
+        Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics));
+    crate::api::router(&hub, tokens, probes).with_state(hub)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, stop: CancellationToken) {
-    let app = router(hub).into_make_service_with_connect_info::<std::net::SocketAddr>();
+pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>, tokens: Tokens, stop: CancellationToken) {
+    let app = router(hub, tokens).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
         tracing::error!("http server stopped: {e}");
     }
@@ -38,14 +40,18 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    let (broker, db) = hub.ready();
+    let r = hub.readiness();
     let word = |b: bool| if b { "ok" } else { "down" };
-    let ok = broker && db;
     let body = serde_json::json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "components": {"broker": word(broker), "database": word(db)},
+        "status": if r.ok() { "ok" } else { "unavailable" },
+        "components": {
+            "broker": word(r.ingest && r.publish),
+            "broker_ingest": word(r.ingest),
+            "broker_publish": word(r.publish),
+            "database": word(r.database),
+        },
     });
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (if r.ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {

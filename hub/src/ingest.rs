@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{Event, Heartbeat};
-use ainern2d_queue::{ExchangeKind, QueueSpec};
+use ainern2d_queue::{ExchangeKind, QueueSpec, Session};
+use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
+use crate::backoff::{self, Resettable};
 
 pub fn queue_name(prefix: &str) -> String {
     format!("{prefix}.hub.events")
@@ -18,28 +20,36 @@ pub fn queue_name(prefix: &str) -> String {
 
 /// Runs until `shutdown`; reconnects to the broker with backoff.
 pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Resettable::new(backoff::reconnect());
     while !shutdown.is_cancelled() {
-        match session(&hub, &shutdown).await {
+        match session(&hub, &shutdown, &mut backoff).await {
             Ok(()) => break,
             Err(e) => {
-                hub.broker_up(false);
-                *hub.session.lock().await = None;
-                tracing::warn!("event ingestion interrupted: {e}; reconnecting in {backoff:?}");
-                tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => break }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                hub.ingest_up(false);
+                let delay = backoff.next_delay();
+                tracing::warn!("event ingestion interrupted: {e}; reconnecting in {delay:?}");
+                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => break }
             }
         }
     }
-    hub.broker_up(false);
-    if let Some(session) = hub.session.lock().await.take() {
-        session.close().await;
-    }
+    hub.ingest_up(false);
 }
 
-async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// One ingestion session: subscribe, then batch, commit and ack until the session ends.
+async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken, backoff: &mut Resettable) -> anyhow::Result<()> {
+    let session = hub.broker.connect("ainern2d-hub ingest").await?;
+    let result = consume(hub, session.as_ref(), shutdown, backoff).await;
+    session.close().await;
+    result
+}
+
+async fn consume(
+    hub: &Arc<Hub>,
+    session: &dyn Session,
+    shutdown: &CancellationToken,
+    backoff: &mut Resettable,
+) -> anyhow::Result<()> {
     let cfg = &hub.config;
-    let session = hub.broker.connect("ainern2d-hub").await?;
     let topo = Topology::new(cfg.broker.prefix.clone());
     let events = topo.events_exchange();
     session.declare_exchange(&events, ExchangeKind::Topic).await?;
@@ -50,8 +60,8 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
     }
     let mut consumer = session.subscribe(&queue, "ainern2d-hub", cfg.ingest.prefetch).await?;
     let lost = session.lost();
-    *hub.session.lock().await = Some(session.clone());
-    hub.broker_up(true);
+    hub.ingest_up(true);
+    backoff.reset();
     tracing::info!(%queue, broker = %hub.broker.describe(), "ingesting events");
     let wait = Duration::from_millis(cfg.ingest.batch_wait_ms);
     loop {
@@ -88,21 +98,15 @@ async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken) -> anyhow::Result
         }
         let started = Instant::now();
         // The batch stays unacked until it is committed; a database outage is waited out, not dropped.
-        let mut retry = Duration::from_millis(200);
-        let (stats, finished) = loop {
-            match hub.store.apply_batch(&events, &heartbeats).await {
-                Ok(r) => {
-                    hub.db_up(true);
-                    break r;
-                }
-                Err(e) => {
-                    hub.db_up(false);
-                    tracing::warn!("writing a batch of {} events failed: {e}; retrying in {retry:?}", events.len());
-                    tokio::select! { _ = tokio::time::sleep(retry) => {}, _ = shutdown.cancelled() => return Ok(()) }
-                    retry = (retry * 2).min(Duration::from_secs(10));
-                }
-            }
+        let write = (|| hub.store.apply_batch(&events, &heartbeats)).retry(backoff::database()).notify(|e, delay| {
+            hub.db_up(false);
+            tracing::warn!("writing a batch of {} events failed: {e}; retrying in {delay:?}", events.len());
+        });
+        let (stats, finished) = tokio::select! {
+            written = write => written?,
+            _ = shutdown.cancelled() => return Ok(()),
         };
+        hub.db_up(true);
         let last = batch.last().expect("a batch has at least one delivery");
         last.acker.ack(true).await?;
         hub.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());

@@ -27,6 +27,16 @@ pub struct Metrics {
     pub workers_lost: Counter,
     pub decisions: Counter,
     pub batch_seconds: Histogram,
+    pub alerts_sent: Counter,
+    pub alerts_failed: Counter,
+    pub alerts_dropped: Counter,
+    /// Submitted jobs whose publish from the API failed (they stay in the outbox).
+    pub submit_publish_failed: Counter,
+    /// Jobs the outbox relay published.
+    pub outbox_relayed: Counter,
+    /// Jobs unpublished for longer than `outbox.relay_after_ms`, as last seen by the relay.
+    pub outbox_pending: Gauge,
+    pub sse_rejected: Counter,
 }
 
 impl Metrics {
@@ -44,6 +54,13 @@ impl Metrics {
             workers_lost: Counter::default(),
             decisions: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            alerts_sent: Counter::default(),
+            alerts_failed: Counter::default(),
+            alerts_dropped: Counter::default(),
+            submit_publish_failed: Counter::default(),
+            outbox_relayed: Counter::default(),
+            outbox_pending: Gauge::default(),
+            sse_rejected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("events_applied", "Events that moved a job", m.events_applied.clone());
@@ -76,6 +93,33 @@ impl Metrics {
             "downgraded_workers",
             "Workers running under a downgrade profile",
             m.downgraded_workers.clone(),
+        );
+        registry.register("alerts_sent", "Alerts the webhook accepted", m.alerts_sent.clone());
+        registry.register(
+            "alerts_failed",
+            "Alerts the webhook refused or did not answer in time",
+            m.alerts_failed.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped because the webhook queue was full (alerts.queue_capacity)",
+            m.alerts_dropped.clone(),
+        );
+        registry.register(
+            "submit_publish_failed",
+            "Submitted jobs the API could not publish (kept in the outbox for the relay)",
+            m.submit_publish_failed.clone(),
+        );
+        registry.register("outbox_relayed", "Jobs the outbox relay published", m.outbox_relayed.clone());
+        registry.register(
+            "outbox_pending",
+            "Jobs unpublished for longer than outbox.relay_after_ms, at the relay's last look",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "sse_rejected",
+            "Event streams refused because api.max_sse_clients were open",
+            m.sse_rejected.clone(),
         );
         Metrics { registry, ..m }
     }

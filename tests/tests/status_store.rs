@@ -10,9 +10,8 @@ use ainern2d_contract::{
     ErrorCode, ErrorInfo, Event, EventStatus, HEARTBEAT_SCHEMA, Heartbeat, JobKind, OutputObject, Progress, SlotUsage,
     WorkerState,
 };
-use ainern2d_hub::config::DatabaseConfig;
 use ainern2d_hub::status::JobStatus;
-use ainern2d_hub::store::{self, BatchStats, Finished, JobFilter, StatusStore};
+use ainern2d_hub::store::{self, BatchStats, DatabaseConfig, Finished, JobFilter, StatusStore, Submission};
 use ainern2d_tests::*;
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::FutureExt;
@@ -90,7 +89,8 @@ conformance!(
     every_order_of_a_retried_job_converges,
     heartbeats_upsert_and_an_older_one_does_not_overwrite,
     stale_workers_are_marked_lost_once,
-    submitted_jobs_insert_once_and_unpublished_ones_can_be_forgotten,
+    submitted_jobs_insert_once_unpublished_until_marked,
+    the_outbox_lists_old_unpublished_queued_jobs_only,
     jobs_list_with_filters_and_keyset_pagination,
     job_events_come_in_attempt_and_sequence_order,
     decisions_come_back_newest_first,
@@ -340,37 +340,61 @@ async fn stale_workers_are_marked_lost_once(store: Store) {
     assert_eq!(both, ["new", "old"]);
 }
 
-async fn submitted_jobs_insert_once_and_unpublished_ones_can_be_forgotten(store: Store) {
+async fn submitted_jobs_insert_once_unpublished_until_marked(store: Store) {
     let spec = serde_json::json!({"job_id": "s1", "kind": "llm", "params": {"prompt": "hi"}});
     let other = serde_json::json!({"job_id": "s1", "kind": "llm", "params": {"prompt": "bye"}});
     assert!(store.insert_submitted("s1", "llm", &spec).await.unwrap());
     assert!(!store.insert_submitted("s1", "llm", &spec).await.unwrap(), "the same id twice");
     assert!(!store.insert_submitted("s1", "llm", &other).await.unwrap(), "a different spec under the same id");
-    // The API compares the stored spec: the same spec is an idempotent resubmission, another one a conflict.
-    assert_eq!(store.existing_spec("s1").await.unwrap(), Some(spec.clone()));
-    assert_ne!(store.existing_spec("s1").await.unwrap(), Some(other));
-    assert_eq!(store.existing_spec("unknown").await.unwrap(), None);
+    // The API compares the stored spec: the same spec is an idempotent resubmission, another one a conflict;
+    // a resubmission of a job never published publishes it.
+    let unpublished = Submission { spec: spec.clone(), published: false };
+    assert_eq!(store.submission("s1").await.unwrap(), Some(unpublished));
+    assert_eq!(store.submission("unknown").await.unwrap(), None);
     let row = store.get_job("s1").await.unwrap().unwrap();
     assert_eq!((row.status.as_str(), row.attempt, row.kind.as_deref()), ("queued", 1, Some("llm")));
     assert!(row.submitted_at.is_some() && row.updated_at.is_some());
 
-    // The publish failed: the row goes, and the same submission can be made again.
-    assert!(store.delete_if_queued("s1").await.unwrap());
-    assert_eq!(store.get_job("s1").await.unwrap(), None);
-    assert!(!store.delete_if_queued("s1").await.unwrap());
-    assert!(store.insert_submitted("s1", "llm", &spec).await.unwrap());
+    // Marked once the broker confirmed it; marking again is harmless.
+    store.mark_published("s1").await.unwrap();
+    store.mark_published("s1").await.unwrap();
+    store.mark_published("unknown").await.unwrap();
+    assert_eq!(store.submission("s1").await.unwrap(), Some(Submission { spec: spec.clone(), published: true }));
 
-    // Once an event moved it, it is not forgotten.
+    // Events keep the submission.
     apply(&store, &[ev("s1", 1, EventStatus::Accepted, 0, 1)]).await;
-    assert!(!store.delete_if_queued("s1").await.unwrap());
     let row = store.get_job("s1").await.unwrap().unwrap();
     assert_eq!((row.status.as_str(), row.kind.as_deref(), row.accepted_at), ("accepted", Some("llm"), Some(at(1))));
-    assert_eq!(store.existing_spec("s1").await.unwrap(), Some(spec));
+    assert_eq!(store.submission("s1").await.unwrap().map(|s| s.spec), Some(spec));
 
     // A job known only from events has no spec: a submission under its id is a conflict.
     apply(&store, &[ev("e1", 1, EventStatus::Running, 0, 1)]).await;
     assert!(!store.insert_submitted("e1", "video", &serde_json::json!({})).await.unwrap());
-    assert_eq!(store.existing_spec("e1").await.unwrap(), None);
+    assert_eq!(store.submission("e1").await.unwrap(), None);
+}
+
+async fn the_outbox_lists_old_unpublished_queued_jobs_only(store: Store) {
+    for id in ["o1", "o2", "o3", "o4"] {
+        assert!(store.insert_submitted(id, "llm", &serde_json::json!({"job_id": id})).await.unwrap());
+    }
+    // o2 was published; o3 was published but never marked, and a worker has taken it since.
+    store.mark_published("o2").await.unwrap();
+    apply(&store, &[ev("o3", 1, EventStatus::Running, 0, 1)]).await;
+    // A job known only from events has nothing to publish.
+    apply(&store, &[ev("e1", 1, EventStatus::Succeeded, 0, 1)]).await;
+
+    let soon = Utc::now() + chrono::Duration::seconds(1);
+    let due = store.unpublished_jobs(soon, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, ["o1", "o4"], "oldest first");
+    assert_eq!((due[0].attempt, &due[0].spec), (1, &serde_json::json!({"job_id": "o1"})));
+    assert_eq!(store.unpublished_jobs(soon, 1).await.unwrap().len(), 1, "the limit holds");
+    // Younger than the cut-off: a request may still be publishing it.
+    let long_ago = Utc::now() - chrono::Duration::minutes(5);
+    assert!(store.unpublished_jobs(long_ago, 10).await.unwrap().is_empty());
+    store.mark_published("o1").await.unwrap();
+    let ids: Vec<String> = store.unpublished_jobs(soon, 10).await.unwrap().into_iter().map(|j| j.job_id).collect();
+    assert_eq!(ids, ["o4"]);
 }
 
 async fn jobs_list_with_filters_and_keyset_pagination(store: Store) {

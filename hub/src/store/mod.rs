@@ -15,9 +15,8 @@ use std::sync::Arc;
 use ainern2d_contract::{Event, Heartbeat};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::DatabaseConfig;
 use crate::status::JobStatus;
 
 /// What a batch did, for metrics and tests.
@@ -172,18 +171,28 @@ pub trait StatusStore: Send + Sync {
         reason: &str,
     ) -> Result<(), StoreError>;
 
-    /// Records a submitted job as `queued`; `false` when a job with this id already exists.
+    /// Records a submitted job as `queued` and not yet published (the outbox row); `false` when a job with
+    /// this id already exists.
     async fn insert_submitted(&self, job_id: &str, kind: &str, spec: &serde_json::Value) -> Result<bool, StoreError>;
+
+    /// Marks a submitted job as published (the broker confirmed it); marking it again is a no-op.
+    async fn mark_published(&self, job_id: &str) -> Result<(), StoreError>;
+
+    /// What the job was submitted with and whether that was published; `None` when the job is unknown or
+    /// known only from events.
+    async fn submission(&self, job_id: &str) -> Result<Option<Submission>, StoreError>;
+
+    /// Submitted jobs still `queued` and never published, submitted before `submitted_before`, oldest
+    /// first, at most `limit`: what the outbox relay publishes.
+    async fn unpublished_jobs(
+        &self,
+        submitted_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UnfinishedJob>, StoreError>;
 
     /// Jobs submitted through the API and not finished (queued, accepted, running, retrying), oldest
     /// first, with the attempt their next delivery is: what the local mode enqueues again at start.
     async fn unfinished_jobs(&self) -> Result<Vec<UnfinishedJob>, StoreError>;
-
-    /// The spec a job was submitted with; `None` when the job is unknown or known only from events.
-    async fn existing_spec(&self, job_id: &str) -> Result<Option<serde_json::Value>, StoreError>;
-
-    /// Forgets a submitted job that no event has moved yet (its publish failed); `true` when deleted.
-    async fn delete_if_queued(&self, job_id: &str) -> Result<bool, StoreError>;
 
     async fn get_job(&self, job_id: &str) -> Result<Option<JobRow>, StoreError>;
 
@@ -212,6 +221,28 @@ pub trait StatusStore: Send + Sync {
 
     /// Closes the connections; later calls fail.
     async fn close(&self);
+}
+
+/// The `[database]` section of the hub's config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The status store: `postgres://…` (or `postgresql://…`), `sqlite://PATH` (the file is created when
+    /// missing) or `sqlite::memory:` (gone when the hub stops).
+    pub url: String,
+    /// Postgres schema for the hub's tables (created when missing); SQLite ignores it.
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "public".into(),
+            max_connections: 8,
+        }
+    }
 }
 
 /// The implementation a `database.url` selects.
@@ -274,7 +305,15 @@ mod tests {
     }
 }
 
-/// A job to enqueue again (see `StatusStore::unfinished_jobs`).
+/// A job as submitted (see `StatusStore::submission`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub spec: serde_json::Value,
+    /// The broker confirmed a publish of it.
+    pub published: bool,
+}
+
+/// A job to enqueue again (see `StatusStore::unfinished_jobs` and `StatusStore::unpublished_jobs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnfinishedJob {
     pub job_id: String,

@@ -1,9 +1,7 @@
 //! The Postgres status store: migrations from `hub/migrations/`, tables in the schema `database.schema`
-//! (through `search_path`), and a batch applied set-based: three statements whatever its size (record the
-//! events, lock and load their jobs, write the jobs back), a fourth when some events were not applied, plus
-//! one per heartbeat.
+//! (through `search_path`); batches of events are applied set-based (`apply`).
 
-use std::collections::{HashMap, HashSet};
+mod apply;
 
 use ainern2d_contract::{Event, Heartbeat};
 use async_trait::async_trait;
@@ -11,10 +9,10 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
-use super::batch::{self, JobRecord, WorkerColumns};
 use super::rows::{self, Columns, columns_by_get};
 use super::{
-    BatchStats, DecisionRow, Finished, JobEventRow, JobFilter, JobRow, StatusStore, StoreError, WorkerRow, failed,
+    BatchStats, DecisionRow, Finished, JobEventRow, JobFilter, JobRow, StatusStore, StoreError, Submission,
+    UnfinishedJob, WorkerRow, failed,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -68,145 +66,6 @@ impl Columns for PgRow {
 
     fn time_opt(&self, column: &str) -> Option<DateTime<Utc>> {
         self.get(column)
-    }
-}
-
-async fn upsert_worker(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, hb: &Heartbeat) -> Result<(), sqlx::Error> {
-    let c = WorkerColumns::of(hb);
-    // An older heartbeat (reordered) never overwrites a newer one.
-    sqlx::query(
-        "INSERT INTO workers (worker_id, host, version, state, last_heartbeat_at, slots, models_loaded, gpus, downgrade, lost)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE)
-         ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, version = EXCLUDED.version, state = EXCLUDED.state,
-             last_heartbeat_at = EXCLUDED.last_heartbeat_at, slots = EXCLUDED.slots, models_loaded = EXCLUDED.models_loaded,
-             gpus = EXCLUDED.gpus, downgrade = EXCLUDED.downgrade, lost = FALSE
-         WHERE workers.last_heartbeat_at <= EXCLUDED.last_heartbeat_at",
-    )
-    .bind(&hb.worker_id)
-    .bind(&hb.host)
-    .bind(&hb.version)
-    .bind(c.state)
-    .bind(hb.sent_at)
-    .bind(c.slots)
-    .bind(c.models_loaded)
-    .bind(c.gpus)
-    .bind(&hb.downgrade)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-impl PgStore {
-    async fn apply(
-        &self,
-        events: &[Event],
-        heartbeats: &[Heartbeat],
-    ) -> Result<(BatchStats, Vec<Finished>), sqlx::Error> {
-        let mut stats = BatchStats::default();
-        let mut finished = Vec::new();
-        let mut tx = self.pool.begin().await?;
-        if !events.is_empty() {
-            // 1. Record the events; the ones that come back are new.
-            let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-            let job_ids: Vec<&str> = events.iter().map(|e| e.job_id.as_str()).collect();
-            let attempts: Vec<i32> = events.iter().map(|e| e.attempt as i32).collect();
-            let seqs: Vec<i32> = events.iter().map(|e| e.seq as i32).collect();
-            let statuses: Vec<&str> = events.iter().map(|e| e.status.as_str()).collect();
-            let workers: Vec<&str> = events.iter().map(|e| e.worker_id.as_str()).collect();
-            let emitted: Vec<DateTime<Utc>> = events.iter().map(|e| e.emitted_at).collect();
-            let bodies: Vec<serde_json::Value> =
-                events.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect();
-            let fresh: Vec<String> = sqlx::query_scalar(
-                "INSERT INTO job_events (event_id, job_id, attempt, seq, status, worker_id, emitted_at, body, applied)
-                 SELECT e.*, TRUE FROM UNNEST($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::jsonb[])
-                     AS e(event_id, job_id, attempt, seq, status, worker_id, emitted_at, body)
-                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            )
-            .bind(&ids)
-            .bind(&job_ids)
-            .bind(&attempts)
-            .bind(&seqs)
-            .bind(&statuses)
-            .bind(&workers)
-            .bind(&emitted)
-            .bind(&bodies)
-            .fetch_all(&mut *tx)
-            .await?;
-            let fresh: HashSet<String> = fresh.into_iter().collect();
-            let new_events = batch::new_events(events, &fresh);
-
-            // 2. Lock and load the jobs they touch.
-            let touched = batch::touched_jobs(&new_events);
-            let loaded: HashMap<String, JobRecord> = sqlx::query(
-                "SELECT job_id, kind, status, attempt, worker_id, submitted_at, accepted_at, started_at, finished_at,
-                        progress, outputs, error, timings_ms, downgrade
-                 FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE",
-            )
-            .bind(&touched)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(rows::job_record)
-            .collect();
-
-            // 3. Run the state machine in memory, in arrival order.
-            let plan = batch::plan(events.len(), &new_events, loaded);
-            stats = plan.stats;
-            finished = plan.finished;
-            if !plan.ignored.is_empty() {
-                sqlx::query("UPDATE job_events SET applied = FALSE WHERE event_id = ANY($1)")
-                    .bind(&plan.ignored)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-
-            // 4. Write the touched rows back in one statement.
-            let changed = &plan.changed;
-            if !changed.is_empty() {
-                let col =
-                    |f: &dyn Fn(&JobRecord) -> Option<String>| changed.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
-                let ts = |f: &dyn Fn(&JobRecord) -> Option<DateTime<Utc>>| {
-                    changed.iter().map(|(_, r)| f(r)).collect::<Vec<_>>()
-                };
-                let js = |f: &dyn Fn(&JobRecord) -> Option<serde_json::Value>| {
-                    changed.iter().map(|(_, r)| f(r)).collect::<Vec<_>>()
-                };
-                sqlx::query(
-                    "INSERT INTO jobs (job_id, kind, status, attempt, worker_id, accepted_at, started_at, finished_at,
-                                       progress, outputs, error, timings_ms, downgrade, updated_at)
-                     SELECT u.*, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[],
-                            $7::timestamptz[], $8::timestamptz[], $9::jsonb[], $10::jsonb[], $11::jsonb[], $12::jsonb[], $13::text[])
-                         AS u(job_id, kind, status, attempt, worker_id, accepted_at, started_at, finished_at, progress, outputs,
-                              error, timings_ms, downgrade)
-                     ON CONFLICT (job_id) DO UPDATE SET kind = EXCLUDED.kind, status = EXCLUDED.status, attempt = EXCLUDED.attempt,
-                         worker_id = EXCLUDED.worker_id, accepted_at = EXCLUDED.accepted_at, started_at = EXCLUDED.started_at,
-                         finished_at = EXCLUDED.finished_at, progress = EXCLUDED.progress, outputs = EXCLUDED.outputs,
-                         error = EXCLUDED.error, timings_ms = EXCLUDED.timings_ms, downgrade = EXCLUDED.downgrade,
-                         updated_at = now()",
-                )
-                .bind(changed.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-                .bind(col(&|r| r.kind.clone()))
-                .bind(changed.iter().map(|(_, r)| r.status_str()).collect::<Vec<_>>())
-                .bind(changed.iter().map(|(_, r)| r.attempt as i32).collect::<Vec<_>>())
-                .bind(col(&|r| r.worker_id.clone()))
-                .bind(ts(&|r| r.accepted_at))
-                .bind(ts(&|r| r.started_at))
-                .bind(ts(&|r| r.finished_at))
-                .bind(js(&|r| r.progress.clone()))
-                .bind(js(&|r| r.outputs.clone()))
-                .bind(js(&|r| r.error.clone()))
-                .bind(js(&|r| r.timings_ms.clone()))
-                .bind(col(&|r| r.downgrade.clone()))
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for hb in heartbeats {
-            upsert_worker(&mut tx, hb).await?;
-            stats.heartbeats += 1;
-        }
-        tx.commit().await?;
-        Ok((stats, finished))
     }
 }
 
@@ -267,7 +126,7 @@ impl StatusStore for PgStore {
         Ok(inserted == 1)
     }
 
-    async fn unfinished_jobs(&self) -> Result<Vec<super::UnfinishedJob>, StoreError> {
+    async fn unfinished_jobs(&self) -> Result<Vec<UnfinishedJob>, StoreError> {
         let rows: Vec<(String, String, i32, serde_json::Value)> = sqlx::query_as(
             "SELECT job_id, status, attempt, spec FROM jobs
              WHERE spec IS NOT NULL AND status IN ('queued', 'accepted', 'running', 'retrying')
@@ -278,7 +137,7 @@ impl StatusStore for PgStore {
         .map_err(failed("listing unfinished jobs"))?;
         Ok(rows
             .into_iter()
-            .map(|(job_id, status, attempt, spec)| super::UnfinishedJob {
+            .map(|(job_id, status, attempt, spec)| UnfinishedJob {
                 job_id,
                 spec,
                 attempt: super::next_attempt(&status, attempt),
@@ -286,23 +145,41 @@ impl StatusStore for PgStore {
             .collect())
     }
 
-    async fn existing_spec(&self, job_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let spec: Option<Option<serde_json::Value>> = sqlx::query_scalar("SELECT spec FROM jobs WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(failed("reading a job's spec"))?;
-        Ok(spec.flatten())
-    }
-
-    async fn delete_if_queued(&self, job_id: &str) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM jobs WHERE job_id = $1 AND status = 'queued'")
+    async fn mark_published(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL")
             .bind(job_id)
             .execute(&self.pool)
             .await
-            .map_err(failed("deleting an unpublished job"))?
-            .rows_affected();
-        Ok(deleted == 1)
+            .map_err(failed("marking a job published"))?;
+        Ok(())
+    }
+
+    async fn submission(&self, job_id: &str) -> Result<Option<Submission>, StoreError> {
+        let row: Option<(Option<serde_json::Value>, bool)> =
+            sqlx::query_as("SELECT spec, published_at IS NOT NULL FROM jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failed("reading a job's submission"))?;
+        Ok(row.and_then(|(spec, published)| Some(Submission { spec: spec?, published })))
+    }
+
+    async fn unpublished_jobs(
+        &self,
+        submitted_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UnfinishedJob>, StoreError> {
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT job_id, spec FROM jobs
+             WHERE published_at IS NULL AND spec IS NOT NULL AND status = 'queued' AND submitted_at < $1
+             ORDER BY submitted_at, job_id LIMIT $2",
+        )
+        .bind(submitted_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed("listing unpublished jobs"))?;
+        Ok(rows.into_iter().map(|(job_id, spec)| UnfinishedJob { job_id, spec, attempt: 1 }).collect())
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<JobRow>, StoreError> {
