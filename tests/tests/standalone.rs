@@ -1,4 +1,4 @@
-//! End to end: the one-command local mode (`ainern2d-worker standalone`) — hub and worker in one process
+//! End to end: the one-command local mode (`ainern2d`) — hub and worker in one process
 //! over the in-process queue, SQLite and a local output directory — runs a job of each kind submitted
 //! through the hub API, and picks unfinished jobs up again after it was killed. No RabbitMQ, S3 or Postgres
 //! is involved.
@@ -23,9 +23,8 @@ impl Standalone {
         let port = free_port();
         let log = dir.join(format!("stderr-{port}.log"));
         let banner = dir.join(format!("stdout-{port}.log"));
-        let mut cmd = Command::new(binary("ainern2d-worker"));
-        cmd.arg("standalone")
-            .arg("--data-dir")
+        let mut cmd = Command::new(binary("ainern2d"));
+        cmd.arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--worker-listen", &format!("127.0.0.1:{}", free_port())])

@@ -435,3 +435,36 @@ async fn progress_is_published_while_the_pipeline_runs() {
     let progress = statuses(&bed.events().await).into_iter().filter(|s| *s == EventStatus::Progress).count();
     assert!((2..=7).contains(&progress), "one per 50 ms interval at most, got {progress}");
 }
+
+#[tokio::test]
+async fn through_the_runner_a_lost_connection_does_not_rerun_a_job_minutes_from_done() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(1500), ..Default::default() });
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow.clone()),
+        tweak: |c| c.shutdown.grace_s = 2,
+        ..Default::default()
+    })
+    .await;
+    // The runner makes its own sessions; the bed's consumer must not compete with it.
+    bed.jobs.cancel().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(crate::runner::run(bed.shared.clone(), shutdown.clone()));
+    bed.submit("runner-lost-1", &[]).await;
+    for _ in 0..100 {
+        if slow.runs.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bed.faults.lose_sessions().await;
+    let mut succeeded = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while succeeded == 0 && Instant::now() < deadline {
+        succeeded += statuses(&bed.events().await).iter().filter(|s| **s == EventStatus::Succeeded).count();
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), runner).await.expect("the runner stops").unwrap().unwrap();
+    assert_eq!(succeeded, 1, "the redelivery re-announces the stored output");
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "the job went on through the lost connection and ran once");
+    assert_eq!(bed.stored(), 1);
+}
