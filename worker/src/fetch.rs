@@ -1,6 +1,7 @@
-//! Fetching job inputs: `s3://` through the artifact store, `https://` through reqwest with an SSRF guard
-//! (host allowlist, no loopback/private/link-local addresses after DNS resolution and on every redirect),
-//! size and time limits. Relative paths are read only in the one-shot `exec` mode.
+//! Fetching job inputs: `s3://` through the artifact store from the allowed buckets only, `https://` through
+//! reqwest with an SSRF guard (`ssrf.rs`: host allowlist, only globally reachable addresses, after DNS
+//! resolution and on every redirect), size and time limits. Relative paths are read only in the one-shot
+//! `exec` mode. Error messages mask the credentials of presigned URLs (`redact.rs`).
 
 mod redact;
 mod ssrf;

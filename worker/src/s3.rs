@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_credential_types::provider::{self, ProvideCredentials};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -17,6 +16,11 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
+
+mod credentials;
+
+use credentials::AwsChain;
+pub use credentials::{CredentialSource, credential_source};
 
 use crate::config::StoreConfig;
 use crate::store::{ArtifactStore, StoreError, StoredObject};
@@ -39,82 +43,6 @@ impl std::fmt::Debug for S3Store {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
             .finish_non_exhaustive()
-    }
-}
-
-/// Where the S3 client's credentials come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialSource {
-    /// `store.access_key_id` and `store.secret_access_key`.
-    Config,
-    /// The standard AWS chain, which the environment names a source for.
-    AwsChain,
-}
-
-/// Variables that give the standard AWS credential chain something to use.
-const AWS_CHAIN_VARS: [&str; 6] = [
-    "AWS_PROFILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-];
-
-/// Decides where credentials come from, without I/O: `env` looks up environment variables and
-/// `shared_files` says whether `~/.aws/credentials` or `~/.aws/config` exists. Refuses to guess: with no
-/// keys configured and no source for the AWS chain, the error names the keys to set.
-pub fn credential_source(
-    cfg: &StoreConfig,
-    env: impl Fn(&str) -> Option<String>,
-    shared_files: bool,
-) -> Result<CredentialSource, String> {
-    match (cfg.access_key_id.is_empty(), cfg.secret_access_key.is_empty()) {
-        (false, false) => return Ok(CredentialSource::Config),
-        (false, true) => {
-            return Err("store.secret_access_key is empty while store.access_key_id is set: set both".into());
-        }
-        (true, false) => {
-            return Err("store.access_key_id is empty while store.secret_access_key is set: set both".into());
-        }
-        (true, true) => {}
-    }
-    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
-    let env_keys = set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY");
-    if env_keys || AWS_CHAIN_VARS.iter().any(|k| set(k)) || shared_files {
-        return Ok(CredentialSource::AwsChain);
-    }
-    Err("no S3 credentials: set store.access_key_id and store.secret_access_key \
-         (AINERN2D_WORKER_STORE__ACCESS_KEY_ID / AINERN2D_WORKER_STORE__SECRET_ACCESS_KEY), or give the standard \
-         AWS chain a source (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE, \
-         a container credentials URI, or ~/.aws/credentials)"
-        .into())
-}
-
-/// The standard AWS credential chain, built on first use (building it is async; the store is not).
-#[derive(Debug)]
-struct AwsChain {
-    region: String,
-    chain: tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
-}
-
-impl ProvideCredentials for AwsChain {
-    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        provider::future::ProvideCredentials::new(async move {
-            let chain = self
-                .chain
-                .get_or_init(|| async {
-                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                        .region(Region::new(self.region.clone()))
-                        .build()
-                        .await
-                })
-                .await;
-            chain.provide_credentials().await
-        })
     }
 }
 
@@ -156,8 +84,7 @@ impl S3Store {
                 None,
                 "ainern2d-config",
             )),
-            CredentialSource::AwsChain => builder
-                .credentials_provider(AwsChain { region: cfg.region.clone(), chain: tokio::sync::OnceCell::new() }),
+            CredentialSource::AwsChain => builder.credentials_provider(AwsChain::new(&cfg.region)),
         }
         .force_path_style(cfg.force_path_style)
         // Third-party S3 servers (MinIO releases, s3s) differ in their support of the newer default
@@ -208,6 +135,14 @@ impl S3Store {
             .map_err(sdk("create multipart upload", bucket, key))?;
         let upload_id =
             created.upload_id().ok_or_else(|| StoreError::Unavailable("S3 returned no upload id".into()))?.to_string();
+        // Until it completes, an upload that fails or whose future is dropped (a cancelled job) is aborted,
+        // so no orphaned parts are left behind; the job is retried with a fresh upload.
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: Some(upload_id.clone()),
+        };
         let result = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
@@ -250,11 +185,42 @@ impl S3Store {
             Ok(())
         }
         .await;
-        if result.is_err() {
-            // Leave no orphaned parts behind; the job will be retried with a fresh upload.
-            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+        match &result {
+            Ok(()) => guard.upload_id = None,
+            Err(_) => guard.abort().await,
         }
         result
+    }
+}
+
+/// Aborts a multipart upload that did not complete: at once on an error, from a task when dropped.
+struct AbortOnDrop {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    /// `None` once the upload completed or was aborted.
+    upload_id: Option<String>,
+}
+
+impl AbortOnDrop {
+    async fn abort(&mut self) {
+        if let Some(id) = self.upload_id.take() {
+            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(id).send().await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(id) = self.upload_id.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (client, bucket, key) =
+            (self.client.clone(), std::mem::take(&mut self.bucket), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            if let Err(e) = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(id).send().await {
+                tracing::warn!(%bucket, %key, "could not abort a cancelled multipart upload: {e}");
+            }
+        });
     }
 }
 
@@ -401,30 +367,6 @@ mod tests {
 
     fn keys(id: &str, secret: &str) -> StoreConfig {
         StoreConfig { access_key_id: id.into(), secret_access_key: secret.into(), ..StoreConfig::default() }
-    }
-
-    #[test]
-    fn credentials_are_configured_or_come_from_the_aws_chain_never_from_a_default() {
-        let none = |_: &str| None;
-        assert_eq!(credential_source(&keys("AKIA", "s3cr3t"), none, false), Ok(CredentialSource::Config));
-        let err = credential_source(&StoreConfig::default(), none, false).unwrap_err();
-        assert!(err.contains("store.access_key_id") && err.contains("store.secret_access_key"), "{err}");
-        assert!(credential_source(&keys("AKIA", ""), none, true).unwrap_err().contains("store.secret_access_key"));
-        assert!(credential_source(&keys("", "s3cr3t"), none, true).unwrap_err().contains("store.access_key_id"));
-        // The standard chain, when the environment gives it a source.
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        let chain = Ok(CredentialSource::AwsChain);
-        let both = env(&[("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", "x")]);
-        assert_eq!(credential_source(&StoreConfig::default(), both, false), chain);
-        assert_eq!(credential_source(&StoreConfig::default(), env(&[("AWS_PROFILE", "prod")]), false), chain);
-        let role = env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token")]);
-        assert_eq!(credential_source(&StoreConfig::default(), role, false), chain);
-        assert_eq!(credential_source(&StoreConfig::default(), none, true), chain);
-        // Half a pair or an empty value is no source.
-        assert!(credential_source(&StoreConfig::default(), env(&[("AWS_ACCESS_KEY_ID", "AKIA")]), false).is_err());
-        assert!(credential_source(&StoreConfig::default(), env(&[("AWS_PROFILE", "")]), false).is_err());
     }
 
     #[test]

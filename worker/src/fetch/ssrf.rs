@@ -32,10 +32,13 @@ pub fn is_public(ip: IpAddr) -> bool {
             if (s[0] & 0xe000) != 0x2000 {
                 return false;
             }
-            !((s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments (Teredo, ORCHID, benchmarking)
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || s[0] == 0x2002 // 6to4: deprecated (RFC 7526), and a relay reaches any IPv4 address
-                || (s[0] == 0x3fff && s[1] < 0x1000)) // documentation (3fff::/20, RFC 9637)
+            // 2001::/23 IETF protocol assignments (Teredo, ORCHID, benchmarking) and 2001:db8::/32 documentation.
+            let ietf = s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8);
+            // 6to4: deprecated (RFC 7526), and a relay reaches any IPv4 address.
+            let six_to_four = s[0] == 0x2002;
+            // 3fff::/20 documentation (RFC 9637).
+            let documentation = s[0] == 0x3fff && s[1] < 0x1000;
+            !(ietf || six_to_four || documentation)
         }
     }
 }
