@@ -1,5 +1,6 @@
 //! What the worker benchmarks share: the topology, filling a queue, the worker process and its /proc
-//! figures.
+//! figures. Each benchmark binary uses a part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -76,8 +77,11 @@ impl Worker {
         );
         std::fs::write(dir.path().join("w.toml"), config)?;
         let bin = bin.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ainern2d-worker"));
-        let child =
-            Command::new(&bin).args(["run", "--config"]).arg(dir.path().join("w.toml")).stderr(Stdio::null()).spawn()?;
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(dir.path().join("w.toml"))
+            .stderr(Stdio::null())
+            .spawn()?;
         Ok(Worker { child, port, _dir: dir })
     }
 

@@ -109,6 +109,10 @@ pub async fn run(
     let store = ainern2d_hub::store::open(&hub_config.database).await?;
     store.migrate().await?;
     let hub = ainern2d_hub::Hub::new(hub_config.clone(), store, broker.clone());
+    // A token file the hub cannot read is a start-up error with its key, not a hub that never gets ready.
+    ainern2d_hub::api::Tokens::load(&hub_config.api)?;
+    // Before the hub runs: its outbox relay would publish the never-published ones a second time.
+    let requeued = requeue_unfinished(&hub, broker.as_ref(), &worker).await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (pass --listen to choose another address)", opts.listen))?;
@@ -130,7 +134,6 @@ pub async fn run(
         Arc::new(LocalStore::new(worker.store.local_dir.clone())),
         Some(opts.inputs_dir.clone()),
     )?;
-    let requeued = requeue_unfinished(&hub, broker.as_ref(), &worker).await?;
     print_banner(&opts, &hub_config, requeued);
 
     let result = ainern2d_worker::serve_shared(shared, shutdown).await;
@@ -166,6 +169,7 @@ async fn requeue_unfinished(hub: &ainern2d_hub::Hub, broker: &dyn Broker, worker
             .with_header(REPLAY_HEADER, HeaderValue::Int(1))
             .mandatory();
         session.publish("", &topo.job_queue(spec.kind()), &message).await?;
+        hub.store.mark_published(&job.job_id).await?;
     }
     session.close().await;
     tracing::info!(jobs = jobs.len(), "enqueued the jobs left unfinished by the last run");

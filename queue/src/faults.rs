@@ -13,10 +13,18 @@ use crate::{Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpe
 /// How a settlement of a delivery ended, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    Ack { routing_key: String },
-    Nack { routing_key: String, requeue: bool },
+    Ack {
+        routing_key: String,
+    },
+    Nack {
+        routing_key: String,
+        requeue: bool,
+    },
     /// A settlement that failed by injection (and so did not happen).
-    Failed { routing_key: String, what: &'static str },
+    Failed {
+        routing_key: String,
+        what: &'static str,
+    },
 }
 
 #[derive(Debug)]

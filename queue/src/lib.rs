@@ -47,7 +47,9 @@ pub enum QueueError {
     UnknownDelivery(u64),
     #[error("no queue took a mandatory message published to {0}; is the queue declared?")]
     Unroutable(String),
-    #[error("the broker client did not send the {0} (the delivery's channel is closed or the delivery was already settled)")]
+    #[error(
+        "the broker client did not send the {0} (the delivery's channel is closed or the delivery was already settled)"
+    )]
     NotSettled(&'static str),
 }
 

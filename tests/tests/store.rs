@@ -76,6 +76,56 @@ async fn s3_store_conformance() {
     delete_bucket(&client, &bucket).await;
 }
 
+/// A cancelled job drops its upload's future mid-way: the multipart upload is aborted, not left behind.
+#[tokio::test]
+async fn a_dropped_multipart_upload_is_aborted() {
+    let bucket = unique("abort").to_lowercase();
+    let config = StoreConfig {
+        endpoint: s3_endpoint(),
+        access_key_id: S3_KEY.into(),
+        secret_access_key: S3_KEY.into(),
+        multipart_threshold_bytes: 5 * 1024 * 1024,
+        part_size_bytes: 5 * 1024 * 1024,
+        ..StoreConfig::default()
+    };
+    let store = S3Store::from_config(&config).unwrap();
+    store.ensure_bucket(&bucket).await.unwrap();
+    let client = s3().await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 40 * 1024 * 1024]).unwrap();
+    let pending = |client: aws_sdk_s3::Client, bucket: String| async move {
+        let listed = client.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+        listed.uploads().len()
+    };
+    let mut put = Box::pin(store.put(&bucket, "p/j/big.bin", &big, "application/octet-stream", "00"));
+    // Drop the upload once it has begun (its multipart upload exists), before it can finish.
+    let mut started = false;
+    for _ in 0..200 {
+        tokio::select! {
+            r = &mut put => panic!("the upload finished before it could be cancelled: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        if pending(client.clone(), bucket.clone()).await > 0 {
+            started = true;
+            break;
+        }
+    }
+    assert!(started, "no multipart upload was started");
+    drop(put);
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = pending(client.clone(), bucket.clone()).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "the cancelled multipart upload was left behind");
+    assert!(client.head_object().bucket(&bucket).key("p/j/big.bin").send().await.is_err());
+    delete_bucket(&client, &bucket).await;
+}
+
 #[tokio::test]
 async fn local_store_conformance() {
     let root = tempfile::tempdir().unwrap();

@@ -30,7 +30,7 @@ pub struct Config {
     pub scratch_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// AMQP URL, e.g. `amqp://user:pass@rabbitmq:5672/%2f`.
@@ -220,6 +220,17 @@ impl Default for Config {
             log: LogConfig::default(),
             scratch_dir: std::env::temp_dir().join("ainern2d-worker"),
         }
+    }
+}
+
+/// The URL's password never reaches a log line through `{:?}`.
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &ainern2d_queue::amqp::mask_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .finish()
     }
 }
 
@@ -482,6 +493,13 @@ mod tests {
         for shown in [format!("{c:?}"), format!("{c:#?}"), format!("{:?}", c.store)] {
             assert!(!shown.contains("s3cr3t"), "{shown}");
         }
+    }
+
+    #[test]
+    fn the_broker_password_is_not_in_debug_output() {
+        let c = Config::from_toml("[broker]\nurl = \"amqp://app:hunter2@rabbit:5672/%2f\"").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("amqp://app:***@rabbit"), "{shown}");
     }
 
     #[test]

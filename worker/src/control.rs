@@ -68,18 +68,16 @@ pub async fn apply(shared: &Arc<Shared>, publisher: &Publisher, jobs: &TaskTrack
                 }
             });
         }
-        ControlCommand::Cancel { job_id } => {
-            match shared.running.cancel(&job_id) {
-                true => {}
-                false => {
-                    let mut cancelled = shared.cancelled.lock().expect("cancelled lock");
-                    if cancelled.len() >= REMEMBERED_CANCELS {
-                        cancelled.pop_front();
-                    }
-                    cancelled.push_back(job_id);
+        ControlCommand::Cancel { job_id } => match shared.running.cancel(&job_id) {
+            true => {}
+            false => {
+                let mut cancelled = shared.cancelled.lock().expect("cancelled lock");
+                if cancelled.len() >= REMEMBERED_CANCELS {
+                    cancelled.pop_front();
                 }
+                cancelled.push_back(job_id);
             }
-        }
+        },
         ControlCommand::ApplyDowngrade { profile } => shared.set_downgrade(Some(profile)),
         ControlCommand::ClearDowngrade => shared.set_downgrade(None),
     }

@@ -48,7 +48,7 @@ fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<A
     };
     // s3:// model files come through the configured S3 endpoint.
     let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
-        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
+        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::from_config(&config.store)?)),
         StoreKind::Local => None,
     };
     let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
@@ -134,7 +134,7 @@ pub async fn check_models(config: &Config) -> anyhow::Result<()> {
     let manifest = discover_manifest(config)
         .ok_or_else(|| anyhow::anyhow!("no model manifest: pass one, set models.manifest, or create ./models.toml"))?;
     let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
-        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::new(&config.store))),
+        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::from_config(&config.store)?)),
         StoreKind::Local => None,
     };
     let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;

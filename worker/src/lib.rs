@@ -84,7 +84,7 @@ impl Shared {
     /// The daemon's parts as the config names them: RabbitMQ at `broker.url`, the configured store.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let store: Arc<dyn ArtifactStore> = match config.store.kind {
-            StoreKind::S3 => Arc::new(s3::S3Store::new(&config.store)),
+            StoreKind::S3 => Arc::new(s3::S3Store::from_config(&config.store)?),
             StoreKind::Local => Arc::new(LocalStore::new(config.store.local_dir.clone())),
         };
         let broker = Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config.broker.url.clone()));
@@ -258,11 +258,13 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
 async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     for (kind, pipeline) in &shared.pipelines {
         let started = std::time::Instant::now();
-        let mut delays = backon::BackoffBuilder::build(backon::ExponentialBuilder::new()
-            .with_min_delay(Duration::from_secs(1))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times());
+        let mut delays = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        );
         loop {
             let p = pipeline.clone();
             let loading = tokio::task::spawn_blocking(move || p.warm_up());

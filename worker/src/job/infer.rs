@@ -66,14 +66,14 @@ pub(super) async fn run(
     let (job_owned, cancel_owned) = (job.clone(), cancel.clone());
     let root = shared.scratch_root().to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
-        let scratch = match scratch {
-            Some(dir) => Some(dir),
-            None if pipeline.needs_workdir() => Some(
-                Scratch::create(&root, &job_owned)
-                    .map_err(|_| PipelineError::retryable(format!("cannot create a scratch dir in {}", root.display())))?,
-            ),
-            None => None,
-        };
+        let scratch =
+            match scratch {
+                Some(dir) => Some(dir),
+                None if pipeline.needs_workdir() => Some(Scratch::create(&root, &job_owned).map_err(|_| {
+                    PipelineError::retryable(format!("cannot create a scratch dir in {}", root.display()))
+                })?),
+                None => None,
+            };
         let workdir = scratch.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
         let req = RunRequest { job: &job_owned, attempt, inputs, workdir, downgrade: downgrade.as_ref() };
         let artifacts = pipeline.run(&req, &LatestProgress(tx), &cancel_owned)?;
@@ -108,11 +108,9 @@ pub(super) async fn run(
     match result {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => Err(stop_of(e)),
-        Err(join) => Err(Stop::Failed(Failure::new(
-            ErrorCode::Internal,
-            true,
-            format!("pipeline thread panicked: {join}"),
-        ))),
+        Err(join) => {
+            Err(Stop::Failed(Failure::new(ErrorCode::Internal, true, format!("pipeline thread panicked: {join}"))))
+        }
     }
 }
 

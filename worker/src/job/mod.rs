@@ -112,7 +112,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         receive::Received::Invalid(err) => {
             return receive::reject_invalid(&shared, &ctx, kind, attempt, &delivery, err).await;
         }
-        receive::Received::Job(job) => job,
+        receive::Received::Job(job) => *job,
     };
     let emitter = Emitter::new(
         ctx.publisher.clone(),
@@ -255,7 +255,8 @@ async fn stages(
         took.push(("fetch", started.elapsed()));
 
         let started = Instant::now();
-        let (artifacts, scratch) = infer::run(shared, emitter, job, attempt, inputs, scratch, downgrade, cancel).await?;
+        let (artifacts, scratch) =
+            infer::run(shared, emitter, job, attempt, inputs, scratch, downgrade, cancel).await?;
         took.push(("inference", started.elapsed()));
         drop(permit);
 

@@ -1,6 +1,6 @@
 //! The first stage: a delivery that arrived after a cordon or drain goes back untouched; the body is
-//! parsed and validated against the contract; a message that is not a valid job is dead-lettered at
-//! once with a `failed` event naming the problem.
+//! parsed and validated against the contract and the worker's bucket allowlist; a message that is not a
+//! valid job is dead-lettered at once with a `failed` event naming the problem.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +18,7 @@ pub(super) enum Received {
     /// Prefetched before a cordon or drain took effect: another worker takes it.
     GiveBack,
     Invalid(ContractError),
-    Job(Job),
+    Job(Box<Job>),
 }
 
 pub(super) fn accept(shared: &Shared, kind: JobKind, delivery: &Delivery) -> Received {
@@ -29,10 +29,16 @@ pub(super) fn accept(shared: &Shared, kind: JobKind, delivery: &Delivery) -> Rec
         Ok(job) if job.kind() != kind => {
             Err(ContractError::field("kind", format!("a {} job was published to the {kind} queue", job.kind())))
         }
+        // Checked before anything is looked up or stored: the worker's credentials reach more buckets
+        // than a job may name.
+        Ok(job) => match crate::store::check_output_bucket(&shared.config.store, job.output.bucket.as_deref()) {
+            Ok(()) => Ok(job),
+            Err(why) => Err(ContractError::field("output.bucket", why)),
+        },
         other => other,
     };
     match job {
-        Ok(job) => Received::Job(job),
+        Ok(job) => Received::Job(Box::new(job)),
         Err(err) => Received::Invalid(err),
     }
 }

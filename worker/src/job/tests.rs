@@ -10,7 +10,7 @@ use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER};
 use ainern2d_contract::{ControlCommand, Event, EventStatus, JobKind, WorkerState};
 use ainern2d_pipelines::{Artifact, CancellationToken, Pipeline, PipelineError, ProgressSink, RunRequest};
 use ainern2d_queue::embedded::EmbeddedBroker;
-use ainern2d_queue::faults::{FaultyBroker, Faults, Settled};
+use ainern2d_queue::faults::{Faults, FaultyBroker, Settled};
 use ainern2d_queue::{Broker, Delivery, HeaderValue, Message, QueueSpec, Session, Subscription};
 use async_trait::async_trait;
 
@@ -120,8 +120,7 @@ impl Default for Options {
 impl Bed {
     async fn new(opts: Options) -> Bed {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.worker_id = "w-test".into();
+        let mut config = Config { worker_id: "w-test".into(), ..Config::default() };
         config.jobs.kinds = vec![JobKind::Llm];
         config.jobs.slots.insert(JobKind::Llm, opts.slots);
         config.jobs.retry_delays_ms = vec![60_000];
@@ -345,8 +344,7 @@ async fn a_cancel_during_the_replay_check_cancels_this_attempt_and_no_later_one(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let jobs = tokio_util::task::TaskTracker::new();
     let publisher = bed.ctx.publisher.clone();
-    crate::control::apply(&bed.shared, &publisher, &jobs, ControlCommand::Cancel { job_id: "cancel-1".into() })
-        .await;
+    crate::control::apply(&bed.shared, &publisher, &jobs, ControlCommand::Cancel { job_id: "cancel-1".into() }).await;
     store.gate.add_permits(100);
     running.await.unwrap();
     let events = bed.events().await;
@@ -423,12 +421,9 @@ async fn a_republished_first_attempt_is_checked_for_stored_outputs() {
 #[tokio::test]
 async fn progress_is_published_while_the_pipeline_runs() {
     let slow = Arc::new(Slow { run_for: Duration::from_millis(300), ..Default::default() });
-    let mut bed = Bed::new(Options {
-        pipeline: Some(slow),
-        tweak: |c| c.events.progress_interval_ms = 50,
-        ..Default::default()
-    })
-    .await;
+    let mut bed =
+        Bed::new(Options { pipeline: Some(slow), tweak: |c| c.events.progress_interval_ms = 50, ..Default::default() })
+            .await;
     bed.submit("progress-1", &[]).await;
     let d = bed.delivery().await;
     bed.handle(d).await;
@@ -436,15 +431,13 @@ async fn progress_is_published_while_the_pipeline_runs() {
     assert!((2..=7).contains(&progress), "one per 50 ms interval at most, got {progress}");
 }
 
-#[tokio::test]
+// Two threads: a runner gone wrong (redelivering in a tight loop) must not starve the test's own timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_runner_a_lost_connection_does_not_rerun_a_job_minutes_from_done() {
     let slow = Arc::new(Slow { run_for: Duration::from_millis(1500), ..Default::default() });
-    let mut bed = Bed::new(Options {
-        pipeline: Some(slow.clone()),
-        tweak: |c| c.shutdown.grace_s = 2,
-        ..Default::default()
-    })
-    .await;
+    let mut bed =
+        Bed::new(Options { pipeline: Some(slow.clone()), tweak: |c| c.shutdown.grace_s = 2, ..Default::default() })
+            .await;
     // The runner makes its own sessions; the bed's consumer must not compete with it.
     bed.jobs.cancel().await.unwrap();
     let shutdown = CancellationToken::new();
