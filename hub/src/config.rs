@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyConfig;
@@ -133,13 +131,7 @@ pub struct HttpConfig {
     pub max_concurrent_requests: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `auto` (JSON unless a terminal), `json` or `pretty`.
-    pub format: String,
-    pub filter: String,
-}
+pub use ainern2d_cli::{LogConfig, LogFormat};
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -166,12 +158,6 @@ impl Default for HttpConfig {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 256,
         }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: "auto".into(), filter: "info".into() }
     }
 }
 
@@ -203,36 +189,14 @@ pub const ENV_PREFIX: &str = "AINERN2D_HUB_";
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, String> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(format!("config file {} does not exist", path.display()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        // Variables of the same prefix that are not config keys (the config path, the tokens).
-        let env = Env::prefixed(ENV_PREFIX)
-            .filter(|key| {
-                !matches!(key.as_str().to_ascii_lowercase().as_str(), "admin_token" | "read_token" | "config")
-            })
-            .split("__");
-        Self::extract(figment.merge(env))
+        // Variables of the same prefix that are not config keys: the config path, the tokens.
+        let config: Config = ainern2d_cli::load(path, ENV_PREFIX, &["admin_token", "read_token", "config"])?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
-    }
-
-    fn extract(figment: Figment) -> Result<Config, String> {
-        let config: Config = figment.extract().map_err(|e| {
-            e.into_iter()
-                .map(|e| {
-                    let key = e.path.join(".");
-                    if key.is_empty() { e.to_string() } else { format!("config key `{key}`: {}", e.kind) }
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let config: Config = ainern2d_cli::from_toml(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -255,9 +219,6 @@ impl Config {
         }
         if self.registry.heartbeat_stale_s == 0 {
             return bad("registry.heartbeat_stale_s", "must be above 0");
-        }
-        if !["auto", "json", "pretty"].contains(&self.log.format.as_str()) {
-            return bad("log.format", "must be auto, json or pretty");
         }
         if !self.profiles.iter().any(|p| p.name == self.policy.gpu.profile) {
             return bad("policy.gpu.profile", "names no profile in `profiles`");

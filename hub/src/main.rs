@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use ainern2d_hub::config::Config;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "ainern2d-hub", version, about = "Job status in Postgres or SQLite, worker registry, fleet policy")]
@@ -30,7 +29,6 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    use std::io::IsTerminal;
     let cli = Cli::parse();
     let config =
         Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;
@@ -38,15 +36,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_masked_toml());
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format.as_str() {
-        "json" => builder.json().flatten_event(true).init(),
-        "pretty" => builder.init(),
-        _ if std::io::stderr().is_terminal() => builder.init(),
-        _ => builder.json().flatten_event(true).init(),
-    }
+    ainern2d_cli::init_logs(&config.log);
     match cli.command {
         Command::Migrate => {
             use ainern2d_hub::store::{self, Backend};
@@ -61,15 +51,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let shutdown = CancellationToken::new();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-                let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                token.cancel();
-            });
+            let shutdown = ainern2d_cli::shutdown_on_signal();
             ainern2d_hub::serve(config, shutdown).await
         }
     }

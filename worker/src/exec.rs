@@ -46,11 +46,7 @@ fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<A
         }
         return Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())));
     };
-    // s3:// model files come through the configured S3 endpoint.
-    let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
-        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::from_config(&config.store)?)),
-        StoreKind::Local => None,
-    };
+    let store = model_store(config, &manifest, quiet);
     let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
     if !quiet {
         eprintln!("llm: models from {} on {}", manifest.display(), models.device_key);
@@ -128,15 +124,32 @@ fn llm_summary(path: &Path) -> Option<String> {
     ))
 }
 
+/// The S3 client for `s3://` model files. A one-shot run on local models needs no credentials; without
+/// them, a model in S3 fails with "no S3 client", and this says why.
+fn model_store(config: &Config, manifest: &Path, quiet: bool) -> Option<Arc<dyn ArtifactStore>> {
+    match config.store.kind {
+        StoreKind::S3 => match crate::s3::S3Store::from_config(&config.store) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                // Only worth saying when a (not commented-out) line names an s3:// file.
+                let wants_s3 = std::fs::read_to_string(manifest)
+                    .is_ok_and(|t| t.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("\"s3://")));
+                if !quiet && wants_s3 {
+                    eprintln!("llm: s3:// model files cannot be downloaded: {e}");
+                }
+                None
+            }
+        },
+        StoreKind::Local => None,
+    }
+}
+
 /// `ainern2d-worker models check`: loads every in-process model of the manifest (downloading `s3://`
 /// files into the cache first) and prints one line per model. Fails when any model fails.
 pub async fn check_models(config: &Config) -> anyhow::Result<()> {
     let manifest = discover_manifest(config)
         .ok_or_else(|| anyhow::anyhow!("no model manifest: pass one, set models.manifest, or create ./models.toml"))?;
-    let store: Option<Arc<dyn ArtifactStore>> = match config.store.kind {
-        StoreKind::S3 => Some(Arc::new(crate::s3::S3Store::from_config(&config.store)?)),
-        StoreKind::Local => None,
-    };
+    let store = model_store(config, &manifest, false);
     let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
     println!("{}: {} models, device {}", manifest.display(), models.manifest.models.len(), models.device_key);
     let pipeline = LlmPipeline::new(models.clone());

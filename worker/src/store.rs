@@ -117,9 +117,10 @@ impl ArtifactStore for LocalStore {
     ) -> Result<(), StoreError> {
         let dest = self.path(bucket, key)?;
         let meta = self.meta_path(bucket, key);
-        let (file, doc) = (file.to_path_buf(), serde_json::json!({"sha256": sha256, "content_type": content_type}));
+        let (file, sha256, content_type) = (file.to_path_buf(), sha256.to_string(), content_type.to_string());
         // One blocking call for the whole sequence: a hard link (or a copy across file systems) to a temporary
-        // name, the metadata, then an atomic rename.
+        // name, the metadata (itself renamed into place), then an atomic rename. The metadata records the
+        // size it describes: a crash between the two renames leaves a checksum that `head` does not trust.
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             for dir in [dest.parent(), meta.parent()].into_iter().flatten() {
                 std::fs::create_dir_all(dir)?;
@@ -128,7 +129,11 @@ impl ArtifactStore for LocalStore {
             if std::fs::hard_link(&file, &tmp).is_err() {
                 std::fs::copy(&file, &tmp)?;
             }
-            std::fs::write(&meta, doc.to_string())?;
+            let size = std::fs::metadata(&tmp)?.len();
+            let doc = serde_json::json!({"sha256": sha256, "content_type": content_type, "size": size});
+            let meta_tmp = meta.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
+            std::fs::write(&meta_tmp, doc.to_string())?;
+            std::fs::rename(&meta_tmp, &meta)?;
             std::fs::rename(&tmp, &dest)
         })
         .await
@@ -148,9 +153,11 @@ impl ArtifactStore for LocalStore {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // The checksum describes the bytes only if it was written for an object of this size.
+        let describes = meta["size"].as_u64() == Some(size);
         Ok(Some(StoredObject {
             size,
-            sha256: meta["sha256"].as_str().map(str::to_owned),
+            sha256: meta["sha256"].as_str().filter(|_| describes).map(str::to_owned),
             content_type: meta["content_type"].as_str().map(str::to_owned),
         }))
     }
@@ -188,6 +195,22 @@ impl ArtifactStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_local_checksum_is_trusted_only_for_the_bytes_it_was_written_for() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path());
+        let file = root.path().join("out.txt");
+        std::fs::write(&file, b"first run").unwrap();
+        store.put("b", "p/j/out.txt", &file, "text/plain", &"a".repeat(64)).await.unwrap();
+        let head = store.head("b", "p/j/out.txt").await.unwrap().unwrap();
+        assert_eq!(head.sha256.as_deref(), Some("a".repeat(64).as_str()));
+        // A crash between the metadata and the data rename of a rerun leaves other bytes under the old
+        // checksum: the replay check must not re-announce it.
+        std::fs::write(root.path().join("b/p/j/out.txt"), b"a longer second run").unwrap();
+        let head = store.head("b", "p/j/out.txt").await.unwrap().unwrap();
+        assert_eq!(head.sha256, None, "{head:?}");
+    }
 
     #[test]
     fn outputs_go_only_to_allowed_buckets() {
