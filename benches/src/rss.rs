@@ -17,8 +17,6 @@ use ainern2d_contract::JobKind;
 use ainern2d_contract::topology::Topology;
 use clap::Parser;
 use futures_util::StreamExt;
-use lapin::options::*;
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
 mod support;
@@ -52,17 +50,8 @@ async fn run(conn: &Connection, args: &Args, prefix: &str, progress: bool) -> an
     let ch = conn.create_channel().await?;
     let topo = Topology::new(prefix);
     support::declare(&args.amqp, &topo).await?;
-    let tap = ch
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        tap.name().clone(),
-        topo.events_exchange().as_str().into(),
-        "job.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    // The tap exists before the worker starts: no event is published before it can be seen.
+    let mut consumer = support::tap(&ch, &topo, "job.#").await?;
     let body = |i: usize| {
         serde_json::to_vec(&serde_json::json!({"schema": "ainern2d.job.v1", "job_id": format!("rss-{i}"),
             "kind": "llm", "params": {"prompt": "hello", "max_tokens": args.tokens, "seed": 1},
@@ -76,14 +65,6 @@ async fn run(conn: &Connection, args: &Args, prefix: &str, progress: bool) -> an
         args.tokens
     );
     let worker = support::Worker::start(args.worker.clone(), &args.amqp, prefix, "mock", args.slots, &extra)?;
-    let mut consumer = ch
-        .basic_consume(
-            tap.name().clone(),
-            "tap".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
     let (mut done, mut events, mut samples) = (0, 0, Vec::new());
     let step = (args.jobs / 10).max(1);
     let started = Instant::now();

@@ -19,6 +19,24 @@ pub async fn declare(amqp: &str, topo: &Topology) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A consumer (auto-ack) of the events exchange's messages matching `key`, on a queue of its own.
+pub async fn tap(ch: &Channel, topo: &Topology, key: &str) -> anyhow::Result<lapin::Consumer> {
+    use lapin::types::FieldTable;
+    let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), options, FieldTable::default()).await?;
+    let exchange = topo.events_exchange();
+    ch.queue_bind(
+        queue.name().clone(),
+        exchange.as_str().into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    Ok(ch.basic_consume(queue.name().clone(), "tap".into(), no_ack, FieldTable::default()).await?)
+}
+
 /// Deletes what `declare` made.
 pub async fn delete(ch: &Channel, topo: &Topology) {
     for q in [topo.job_queue(JobKind::Llm), topo.retry_queue(JobKind::Llm, 0), topo.dead_letter_queue()] {

@@ -157,28 +157,11 @@ async fn worker_run(
     let ch = conn.create_channel().await?;
     let topo = Topology::new(prefix);
     support::declare(&args.amqp, &topo).await?;
-    let tap = ch
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        tap.name().clone(),
-        topo.events_exchange().as_str().into(),
-        "job.*.succeeded".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    // The tap exists before the worker starts: no event is published before it can be seen.
+    let mut consumer = support::tap(&ch, &topo, "job.*.succeeded").await?;
     support::fill(&ch, &topo.job_queue(JobKind::Llm), args.jobs, job_body).await?;
     let worker =
         support::Worker::start(args.worker.clone(), &args.amqp, prefix, backend, u32::from(args.prefetch), "")?;
-    let mut consumer = ch
-        .basic_consume(
-            tap.name().clone(),
-            "tap".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
     let mut first = None;
     let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for _ in 0..args.jobs {
