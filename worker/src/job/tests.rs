@@ -461,3 +461,34 @@ async fn through_the_runner_a_lost_connection_does_not_rerun_a_job_minutes_from_
     assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "the job went on through the lost connection and ran once");
     assert_eq!(bed.stored(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_lowers_the_prefetch_with_the_slots() {
+    let slow = Arc::new(Slow { run_for: Duration::from_secs(3), ..Default::default() });
+    let mut bed = Bed::new(Options {
+        slots: 3,
+        pipeline: Some(slow.clone()),
+        tweak: |c| c.shutdown.grace_s = 1,
+        ..Default::default()
+    })
+    .await;
+    bed.jobs.cancel().await.unwrap();
+    // The downgrade comes after the runner subscribed: the change must reach a live consumer.
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(crate::runner::run(bed.shared.clone(), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut profile: ainern2d_contract::DowngradeProfile =
+        serde_json::from_value(serde_json::json!({"name": "hot"})).unwrap();
+    profile.slots.insert("llm".into(), 1);
+    bed.shared.set_downgrade(Some(profile));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..6 {
+        bed.submit(&format!("prefetch-{i}"), &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1 slot + 1 upload overlap = 2 deliveries held by the worker; the rest wait in the queue for others.
+    let queue = bed.shared.topology.job_queue(JobKind::Llm);
+    assert_eq!(bed.depth(&queue).await, 4, "the broker handed the worker more than it can start");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), runner).await.expect("the runner stops").unwrap().unwrap();
+}
