@@ -145,20 +145,7 @@ async fn a_sixteen_minute_trace_over_92_percent_downgrades_the_worker_and_the_wo
 
     // The synthetic trace: GPU telemetry at 95% every 30 s for 16 minutes, under the real worker's id.
     let start = chrono::Utc::now() - chrono::Duration::minutes(16);
-    for i in 0..=32 {
-        let mut hb = heartbeat(&worker_id, start + chrono::Duration::seconds(30 * i));
-        hb.gpus = vec![ainern2d_contract::GpuStats {
-            index: 0,
-            name: "synthetic".into(),
-            uuid: "GPU-test".into(),
-            utilization_pct: 95,
-            memory_used_bytes: 1,
-            memory_total_bytes: 2,
-            temperature_c: None,
-            power_w: None,
-        }];
-        s.publish(&format!("worker.heartbeat.{worker_id}"), &serde_json::to_vec(&hb).unwrap()).await;
-    }
+    s.hot_gpu_trace(&worker_id, start).await;
     let pool = pg(&s.schema).await;
     wait_count(&pool, "SELECT count(*) FROM policy_decisions WHERE decision->>'decision' = 'downgrade'", 1).await;
     let reason: String = sqlx::query_scalar("SELECT reason FROM policy_decisions").fetch_one(&pool).await.unwrap();

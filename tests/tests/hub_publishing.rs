@@ -90,20 +90,7 @@ async fn a_webhook_that_never_answers_does_not_hold_up_ingestion() {
     // Three hot workers: three downgrade decisions, each an alert for the silent webhook.
     let start = chrono::Utc::now() - chrono::Duration::minutes(16);
     for worker in ["hot-1", "hot-2", "hot-3"] {
-        for i in 0..=32 {
-            let mut hb = heartbeat(worker, start + chrono::Duration::seconds(30 * i));
-            hb.gpus = vec![ainern2d_contract::GpuStats {
-                index: 0,
-                name: "synthetic".into(),
-                uuid: "GPU-test".into(),
-                utilization_pct: 95,
-                memory_used_bytes: 1,
-                memory_total_bytes: 2,
-                temperature_c: None,
-                power_w: None,
-            }];
-            s.publish(&format!("worker.heartbeat.{worker}"), &serde_json::to_vec(&hb).unwrap()).await;
-        }
+        s.hot_gpu_trace(worker, start).await;
     }
     let pool = pg(&s.schema).await;
     wait_count(&pool, "SELECT count(*) FROM policy_decisions", 3).await;

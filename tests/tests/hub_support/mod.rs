@@ -117,3 +117,24 @@ pub fn heartbeat(worker: &str, sent_at: chrono::DateTime<chrono::Utc>) -> Heartb
         downgrade: None,
     }
 }
+
+impl Setup {
+    /// Publishes 16 minutes of heartbeats (every 30 s from `start`) in which `worker`'s GPU is 95 % busy:
+    /// enough for the GPU rule's 15-minute window.
+    pub async fn hot_gpu_trace(&self, worker: &str, start: chrono::DateTime<chrono::Utc>) {
+        for i in 0..=32 {
+            let mut hb = heartbeat(worker, start + chrono::Duration::seconds(30 * i));
+            hb.gpus = vec![ainern2d_contract::GpuStats {
+                index: 0,
+                name: "synthetic".into(),
+                uuid: "GPU-test".into(),
+                utilization_pct: 95,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                temperature_c: None,
+                power_w: None,
+            }];
+            self.publish(&format!("worker.heartbeat.{worker}"), &serde_json::to_vec(&hb).unwrap()).await;
+        }
+    }
+}
