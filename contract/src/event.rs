@@ -79,6 +79,32 @@ pub struct OutputObject {
     pub presigned_url: Option<String>,
 }
 
+/// What ran a job: on succeeded events, so that an output is never mistaken for another backend's
+/// (a mock's for a model's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Execution {
+    /// `mock`, `candle`, `openai`, `onnxruntime`, `comfyui`, `noop`.
+    pub backend: String,
+    /// The manifest name of the model (or voice) that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Where it ran: `cpu`, `cuda:0`, `remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// ONNX Runtime's execution provider (`CPUExecutionProvider`, `CUDAExecutionProvider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_provider: Option<String>,
+    /// Media outputs: length in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// Audio outputs: samples per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Video outputs: frames written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorInfo {
     pub code: ErrorCode,
@@ -114,6 +140,9 @@ pub struct Event {
     pub outputs: Vec<OutputObject>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// What ran the job (succeeded events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
     /// Milliseconds spent per stage (`queue`, `fetch`, `inference`, `upload`, `total`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub timings_ms: BTreeMap<String, f64>,
@@ -151,6 +180,7 @@ impl Event {
             progress: None,
             outputs: Vec::new(),
             error: None,
+            execution: None,
             timings_ms: BTreeMap::new(),
             downgrade: None,
             traceparent: None,

@@ -97,16 +97,75 @@ pub struct LlmParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AudioParams {
-    /// The line to speak.
+    /// The text to speak.
     pub text: String,
+    /// Voice name from the worker's model manifest; the worker's default voice when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice: Option<String>,
-    /// Output sample rate in Hz (8000..=48000).
-    #[serde(default = "default_sample_rate")]
-    pub sample_rate: u32,
-    /// Requested duration in seconds; derived from the text when absent.
+    /// Output sample rate in Hz (8000..=48000); default: the voice's own (the mock: 24000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Requested duration in seconds (the mock only); derived from the text when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
+    /// The container and codec of the output: `audio.wav` (16-bit PCM), `.opus`, `.m4a` (AAC), `.mp3`.
+    #[serde(default)]
+    pub format: AudioFormat,
+    /// Speaking rate relative to the voice's (0.25..=4; 2 speaks twice as fast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f32>,
+    /// Voice variability (0..=2); default: the voice's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_scale: Option<f32>,
+    /// Phoneme duration variability (0..=2); default: the voice's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_w: Option<f32>,
+    /// A multi-speaker voice's speaker, by name or id (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<Speaker>,
+    /// Silence between sentences in seconds (0..=5); default: the worker's `tts.sentence_silence_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentence_silence_s: Option<f32>,
+}
+
+/// Output formats of `audio` jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioFormat {
+    #[default]
+    Wav,
+    Opus,
+    Aac,
+    Mp3,
+}
+
+impl AudioFormat {
+    /// The output's name: `audio.wav`, `audio.opus`, `audio.m4a`, `audio.mp3`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "audio.wav",
+            AudioFormat::Opus => "audio.opus",
+            AudioFormat::Aac => "audio.m4a",
+            AudioFormat::Mp3 => "audio.mp3",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "audio/wav",
+            AudioFormat::Opus => "audio/ogg",
+            AudioFormat::Aac => "audio/mp4",
+            AudioFormat::Mp3 => "audio/mpeg",
+        }
+    }
+}
+
+/// A speaker of a multi-speaker voice: its name in the voice's config, or its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Speaker {
+    Id(u32),
+    Name(String),
 }
 
 /// Image (or text) to video.
@@ -133,12 +192,24 @@ pub struct VideoParams {
     pub model: Option<String>,
 }
 
-/// Lip-sync a face video to an audio track.
+/// Lip-sync a face video (or a still image) to an audio track.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LipsyncParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The face in every frame, `[x1, y1, x2, y2]` in pixels; default: found by the model's detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_box: Option<[u32; 4]>,
+    /// Pixels added around the detected face, `[top, bottom, left, right]` (default `[0, 10, 0, 0]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pads: Option<[u32; 4]>,
+    /// Frame rate of the output when the input is a still image (1..=60, default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+    /// Smooth detected boxes over 5 frames (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smooth: Option<bool>,
 }
 
 fn default_max_tokens() -> u32 {
@@ -149,9 +220,6 @@ fn default_temperature() -> f32 {
 }
 fn one() -> f32 {
     1.0
-}
-fn default_sample_rate() -> u32 {
-    24_000
 }
 fn default_fps() -> u32 {
     24
@@ -443,7 +511,22 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
         }
         JobSpec::Audio(p) => {
             text("text", &p.text, 10_000)?;
-            range("sample_rate", p.sample_rate, 8_000, 48_000)?;
+            if let Some(rate) = p.sample_rate {
+                range("sample_rate", rate, 8_000, 48_000)?;
+            }
+            let unit = |name: &str, v: Option<f32>, lo: f32, hi: f32| match v {
+                Some(v) if !(lo..=hi).contains(&v) => {
+                    Err(ContractError::field(&format!("params.{name}"), format!("{v} is out of range {lo}..={hi}")))
+                }
+                _ => Ok(()),
+            };
+            unit("speed", p.speed, 0.25, 4.0)?;
+            unit("noise_scale", p.noise_scale, 0.0, 2.0)?;
+            unit("noise_w", p.noise_w, 0.0, 2.0)?;
+            unit("sentence_silence_s", p.sentence_silence_s, 0.0, 5.0)?;
+            if let Some(Speaker::Name(name)) = &p.speaker {
+                text("speaker", name, 200)?;
+            }
             if let Some(d) = p.duration_s
                 && !(d > 0.0 && d <= 600.0)
             {
@@ -468,7 +551,21 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
             }
             range("steps", p.steps, 1, 200)?;
         }
-        JobSpec::Lipsync(_) => {}
+        JobSpec::Lipsync(p) => {
+            if let Some(fps) = p.fps {
+                range("fps", fps, 1, 60)?;
+            }
+            if let Some([x1, y1, x2, y2]) = p.face_box
+                && (x2 <= x1 || y2 <= y1 || x2 > 16_384 || y2 > 16_384)
+            {
+                return Err(ContractError::field("params.face_box", "must be [x1, y1, x2, y2] with x1 < x2, y1 < y2"));
+            }
+            if let Some(pads) = p.pads
+                && pads.iter().any(|&v| v > 1024)
+            {
+                return Err(ContractError::field("params.pads", "each pad is at most 1024 pixels"));
+            }
+        }
     }
     Ok(())
 }

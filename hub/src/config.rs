@@ -175,6 +175,7 @@ impl Default for Config {
                 video_max_steps: Some(12),
                 video_max_pixels: Some(640 * 360),
                 llm_max_tokens: Some(512),
+                lipsync_max_batch: Some(16),
                 ..Default::default()
             }],
             alerts: AlertsConfig::default(),

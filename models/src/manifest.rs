@@ -32,6 +32,12 @@ pub struct Manifest {
     /// The LLM used when a job names no model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_llm: Option<String>,
+    /// The voice of `audio` jobs that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tts: Option<String>,
+    /// The model of `lipsync` jobs that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_lipsync: Option<String>,
     /// Models loaded before the worker reports ready.
     #[serde(default)]
     pub warm: Vec<String>,
@@ -70,8 +76,12 @@ pub struct Budget {
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     Llm,
+    /// A Piper voice (`<voice>.onnx` and its `<voice>.onnx.json`).
     Tts,
+    /// A Wav2Lip-compatible ONNX model.
     Lipsync,
+    /// An ONNX face detector (SCRFD) for lip-sync models.
+    Face,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,6 +159,23 @@ pub struct ModelSpec {
     /// Safetensors weights dtype: `f32`, `f16`, `bf16` (default: f32 on CPU, the config's dtype on a GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
+    /// ONNX models: the device to run on (`cpu`, `cuda`, `cuda:N`); default: the manifest's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
+    /// Lip-sync models: the `face` model of this manifest that finds faces (default: the job's box only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<String>,
+    /// ONNX models: input and output names where they differ from the defaults, by role
+    /// (lip-sync: `mel`, `face`, `output`; see the README).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub io: BTreeMap<String, String>,
+    /// Lip-sync models: the face crop's side in pixels (default 96).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u32>,
+    /// Lip-sync models: the most frames per inference call (default: what the memory budget allows, at
+    /// most 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
     /// The remote endpoint when `backend = "openai"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteSpec>,
@@ -203,12 +230,16 @@ impl ModelSpec {
         self.tokenizer.clone().map(|location| FileRef { location, sha256: self.tokenizer_sha256.clone() })
     }
 
-    /// `config.json`: the configured one, else beside the first weights file.
+    /// `config.json`: the configured one, else beside the first weights file (a voice's
+    /// `<voice>.onnx.json` beside its `<voice>.onnx`).
     pub fn config_file(&self) -> Option<FileRef> {
         if let Some(location) = &self.config {
             return Some(FileRef { location: location.clone(), sha256: self.config_sha256.clone() });
         }
         let first = self.weights().into_iter().next()?;
+        if self.kind == ModelKind::Tts {
+            return Some(FileRef { location: format!("{}.json", first.location), sha256: self.config_sha256.clone() });
+        }
         let dir = match first.location.rfind('/') {
             Some(i) => &first.location[..=i],
             None => "",
@@ -255,6 +286,19 @@ impl Manifest {
                 Some(_) => {}
             }
         }
+        for (key, default, kind) in [
+            ("default_tts", &self.default_tts, ModelKind::Tts),
+            ("default_lipsync", &self.default_lipsync, ModelKind::Lipsync),
+        ] {
+            match default.as_ref().map(|n| (n, self.models.get(n))) {
+                Some((name, None)) => return Err(format!("{key} `{name}` is not under [models]")),
+                Some((name, Some(m))) if m.kind != kind => {
+                    let want = if kind == ModelKind::Tts { "tts voice" } else { "lipsync model" };
+                    return Err(format!("{key} `{name}` is not a {want}"));
+                }
+                _ => {}
+            }
+        }
         if let Some(name) = self.warm.iter().find(|n| !known(n)) {
             return Err(format!("warm names `{name}`, which is not under [models]"));
         }
@@ -293,12 +337,52 @@ impl Manifest {
                     if !sums.is_empty() && sums.len() != weights.len() {
                         return bad(format!("has {} source files but {} sha256 values", weights.len(), sums.len()));
                     }
+                    let onnx_kind = matches!(m.kind, ModelKind::Tts | ModelKind::Lipsync | ModelKind::Face);
+                    if onnx_kind != (format == ModelFormat::Onnx) {
+                        return bad(if onnx_kind {
+                            "tts, lipsync and face models run on ONNX Runtime: format = \"onnx\"".into()
+                        } else {
+                            "onnx is for tts, lipsync and face models; an llm is gguf or safetensors".into()
+                        });
+                    }
+                    if !onnx_kind && (m.device.is_some() || !m.io.is_empty()) {
+                        return bad("`device` and `io` are for onnx models".into());
+                    }
+                    if m.kind != ModelKind::Lipsync
+                        && (m.detector.is_some() || m.image_size.is_some() || m.batch_size.is_some())
+                    {
+                        return bad("`detector`, `image_size` and `batch_size` are for lipsync models".into());
+                    }
+                    if let Some(d) = &m.detector {
+                        match self.models.get(d) {
+                            Some(f) if f.kind == ModelKind::Face => {}
+                            Some(_) => return bad(format!("detector `{d}` is not a face model")),
+                            None => return bad(format!("detector `{d}` is not under [models]")),
+                        }
+                    }
+                    if let Some(size) = m.image_size
+                        && !(16..=1024).contains(&size)
+                    {
+                        return bad(format!("image_size {size} is out of range 16..=1024"));
+                    }
+                    if m.batch_size == Some(0) {
+                        return bad("batch_size must be above 0".into());
+                    }
+                    let roles: &[&str] = match m.kind {
+                        ModelKind::Lipsync => &["mel", "face", "output"],
+                        ModelKind::Tts => &["input", "input_lengths", "scales", "sid", "output"],
+                        ModelKind::Face => &["input"],
+                        ModelKind::Llm => &[],
+                    };
+                    if let Some(role) = m.io.keys().find(|k| !roles.contains(&k.as_str())) {
+                        return bad(format!("io.{role} is not one of {}", roles.join(", ")));
+                    }
                     if m.kind == ModelKind::Llm && m.tokenizer.is_none() {
                         return bad("an llm needs `tokenizer` (a tokenizer.json)".into());
                     }
                     let mut files = weights;
                     files.extend(m.tokenizer_file());
-                    if m.format == Some(ModelFormat::Safetensors) {
+                    if m.format == Some(ModelFormat::Safetensors) || m.kind == ModelKind::Tts {
                         files.extend(m.config_file());
                     }
                     for f in files {

@@ -7,14 +7,19 @@
 //! never on the async reactor. This crate must not know about the broker, the object store or HTTP: inputs
 //! arrive as local files, outputs leave as local files.
 
+pub mod audio_out;
 mod error;
+pub mod lipsync;
 pub mod llm;
 mod media;
 mod mock;
+pub mod onnx;
+pub mod tts;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use ainern2d_contract::Execution;
 use ainern2d_contract::{DowngradeProfile, Job, JobKind};
 pub use tokio_util::sync::CancellationToken;
 
@@ -43,6 +48,21 @@ pub struct Artifact {
     pub content_type: String,
 }
 
+/// What a successful run produced, and what produced it (named in the outcome event, so that a mock's
+/// output never passes for a model's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    pub artifacts: Vec<Artifact>,
+    pub execution: Execution,
+}
+
+impl RunOutput {
+    /// Artifacts of `backend` with nothing else to say about the run.
+    pub fn new(backend: &str, artifacts: Vec<Artifact>) -> Self {
+        RunOutput { artifacts, execution: Execution { backend: backend.to_string(), ..Execution::default() } }
+    }
+}
+
 /// Where a pipeline reports progress. Implementations must be cheap: pipelines may call this per token or
 /// per frame and the worker throttles what it publishes.
 pub trait ProgressSink: Send + Sync {
@@ -65,7 +85,8 @@ impl ProgressSink for NoProgress {
 /// One inference backend for one job kind.
 pub trait Pipeline: Send + Sync {
     fn kind(&self) -> JobKind;
-    /// Backend name for logs and metrics (`mock`, `candle`, `ort`, `comfyui`, …).
+    /// Backend name for logs and metrics (`mock`, `models`, `onnxruntime`, `comfyui`, …); the backend
+    /// that really ran a job is in its [`RunOutput::execution`].
     fn backend(&self) -> &'static str;
     /// Names of the artifacts a successful run of `job` produces. The worker looks for them before running a
     /// redelivered job, so a job whose outputs were already stored is not run (or stored) twice.
@@ -86,7 +107,7 @@ pub trait Pipeline: Send + Sync {
         req: &RunRequest<'_>,
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Artifact>, PipelineError>;
+    ) -> Result<RunOutput, PipelineError>;
 }
 
 /// A backend that does nothing and produces no artifact: it measures the runtime around a pipeline
@@ -116,10 +137,10 @@ impl Pipeline for NoopPipeline {
         _: &RunRequest<'_>,
         _: &dyn ProgressSink,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Artifact>, PipelineError> {
+    ) -> Result<RunOutput, PipelineError> {
         if cancel.is_cancelled() {
             return Err(PipelineError::cancelled());
         }
-        Ok(Vec::new())
+        Ok(RunOutput::new("noop", Vec::new()))
     }
 }

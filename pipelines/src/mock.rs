@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{PipelineError, PipelineErrorKind};
-use crate::{Artifact, Pipeline, ProgressSink, RunRequest, media};
+use crate::{Artifact, Pipeline, ProgressSink, RunOutput, RunRequest, media};
 
 /// What an injected failure looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -179,6 +179,17 @@ impl Pipeline for MockPipeline {
         req: &RunRequest<'_>,
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
+    ) -> Result<RunOutput, PipelineError> {
+        self.run_mock(req, progress, cancel).map(|artifacts| RunOutput::new("mock", artifacts))
+    }
+}
+
+impl MockPipeline {
+    fn run_mock(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
     ) -> Result<Vec<Artifact>, PipelineError> {
         if req.job.kind() != self.kind {
             return Err(PipelineError::permanent(format!("{} pipeline given a {} job", self.kind, req.job.kind())));
@@ -195,7 +206,7 @@ impl Pipeline for MockPipeline {
             JobSpec::Audio(p) => {
                 sleep(latency, cancel)?;
                 let duration = p.duration_s.unwrap_or_else(|| (p.text.chars().count() as f64 * 0.06).clamp(0.5, 600.0));
-                audio(req, &p.text, p.sample_rate, duration, progress, cancel)
+                audio(req, &p.text, p.sample_rate.unwrap_or(24_000), duration, progress, cancel)
             }
             JobSpec::Video(p) => {
                 sleep(latency, cancel)?;
@@ -359,7 +370,7 @@ mod tests {
         let inputs: BTreeMap<_, _> =
             job.inputs.iter().map(|(k, v)| (k.clone(), examples().parent().unwrap().join(&v.0))).collect();
         let req = RunRequest { job: &job, attempt, inputs, workdir: dir.path().to_path_buf(), downgrade: None };
-        let out = MockPipeline::new(kind, config).run(&req, &NoProgress, &CancellationToken::new());
+        let out = MockPipeline::new(kind, config).run_mock(&req, &NoProgress, &CancellationToken::new());
         (dir, out)
     }
 
@@ -431,7 +442,7 @@ mod tests {
         let inputs = BTreeMap::from([("video".to_string(), junk.clone()), ("audio".to_string(), junk)]);
         let req = RunRequest { job: &job, attempt: 1, inputs, workdir: dir.path().to_path_buf(), downgrade: None };
         let err = MockPipeline::new(JobKind::Lipsync, MockConfig::default())
-            .run(&req, &NoProgress, &CancellationToken::new())
+            .run_mock(&req, &NoProgress, &CancellationToken::new())
             .unwrap_err();
         assert_eq!(err.kind, PipelineErrorKind::Permanent, "{err}");
         assert!(err.message.contains("cannot be read"), "{err}");
@@ -456,7 +467,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             c2.cancel();
         });
-        let err = MockPipeline::new(JobKind::Llm, config).run(&req, &NoProgress, &cancel).unwrap_err();
+        let err = MockPipeline::new(JobKind::Llm, config).run_mock(&req, &NoProgress, &cancel).unwrap_err();
         assert_eq!(err.kind, PipelineErrorKind::Cancelled);
     }
 }

@@ -98,10 +98,15 @@ fn run_with(
 ) -> Result<serde_json::Value, ainern2d_pipelines::PipelineError> {
     let dir = tempfile::tempdir().unwrap();
     let req = RunRequest { job, attempt: 1, inputs: Default::default(), workdir: dir.path().into(), downgrade };
-    let artifacts = p.run(&req, sink, cancel)?;
+    let output = p.run(&req, sink, cancel)?;
+    let artifacts = &output.artifacts;
     assert_eq!(artifacts.len(), 1);
     assert_eq!(artifacts[0].name, "completion.json");
-    Ok(serde_json::from_slice(&std::fs::read(&artifacts[0].path).unwrap()).unwrap())
+    let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&artifacts[0].path).unwrap()).unwrap();
+    // The outcome event names what the artifact names.
+    assert_eq!(output.execution.backend, body["backend"].as_str().unwrap());
+    assert_eq!(output.execution.model.as_deref(), body["model"].as_str());
+    Ok(body)
 }
 
 fn run(p: &LlmPipeline, job: &Job) -> serde_json::Value {

@@ -126,8 +126,10 @@ async fn run(
             workdir: dir.path().into(),
             downgrade: None,
         };
-        let artifacts = p.run(&req, sink.as_ref(), &cancel)?;
-        Ok(serde_json::from_slice(&std::fs::read(&artifacts[0].path).unwrap()).unwrap())
+        let output = p.run(&req, sink.as_ref(), &cancel)?;
+        assert_eq!(output.execution.backend, "openai");
+        assert_eq!(output.execution.device.as_deref(), Some("remote"));
+        Ok(serde_json::from_slice(&std::fs::read(&output.artifacts[0].path).unwrap()).unwrap())
     })
     .await
     .unwrap()

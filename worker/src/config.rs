@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use ainern2d_contract::JobKind;
 use ainern2d_pipelines::MockConfig;
+use ainern2d_pipelines::lipsync::LipsyncConfig;
+use ainern2d_pipelines::onnx::OnnxConfig;
+use ainern2d_pipelines::tts::TtsConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +28,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub mock: MockConfig,
     pub models: ModelsConfig,
+    /// ONNX Runtime (`audio` and `lipsync` on the inference backend).
+    pub onnx: OnnxConfig,
+    pub tts: TtsConfig,
+    pub lipsync: LipsyncConfig,
     pub log: LogConfig,
     /// Where jobs get their scratch directories.
     pub scratch_dir: PathBuf,
@@ -75,7 +82,7 @@ pub enum Backend {
 }
 
 /// Kinds that have a real inference pipeline.
-pub const INFERENCE_KINDS: [JobKind; 1] = [JobKind::Llm];
+pub const INFERENCE_KINDS: [JobKind; 3] = [JobKind::Llm, JobKind::Audio, JobKind::Lipsync];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -217,6 +224,9 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             mock: MockConfig::default(),
             models: ModelsConfig::default(),
+            onnx: OnnxConfig::default(),
+            tts: TtsConfig::default(),
+            lipsync: LipsyncConfig::default(),
             log: LogConfig::default(),
             scratch_dir: std::env::temp_dir().join("ainern2d-worker"),
         }
@@ -415,6 +425,8 @@ impl Config {
         if !self.fetch.allowed_buckets.iter().flatten().all(bucket_name) {
             return bad("fetch.allowed_buckets", "bucket names are non-empty [A-Za-z0-9._-]");
         }
+        self.tts.validate()?;
+        self.lipsync.validate()?;
         if self.shutdown.grace_s == 0 {
             return bad("shutdown.grace_s", "must be at least 1");
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ainern2d_contract::{ErrorInfo, Event, EventStatus, JobKind, OutputObject, Progress};
+use ainern2d_contract::{ErrorInfo, Event, EventStatus, Execution, JobKind, OutputObject, Progress};
 
 use ainern2d_queue::Message;
 
@@ -100,11 +100,13 @@ impl Emitter {
         &self,
         status: EventStatus,
         outputs: Vec<OutputObject>,
+        execution: Option<Execution>,
         error: Option<ErrorInfo>,
         timings_ms: BTreeMap<String, f64>,
     ) -> Result<(), BrokerError> {
         let mut event = self.event(status);
         event.outputs = outputs;
+        event.execution = execution;
         event.error = error;
         event.timings_ms = timings_ms;
         self.send(&event, true).await

@@ -1,7 +1,8 @@
 //! One-shot mode: run one job file locally, with no broker, and show a progress bar
-//! (`ainern2d-worker exec examples/jobs/video.json --out DIR`). `llm` jobs run on the models of the model
-//! manifest (`models.manifest`, else `./models.toml`); the other kinds, and `llm` without a manifest, on
-//! the mock pipelines.
+//! (`ainern2d-worker exec examples/jobs/audio.json --out DIR`). `llm`, `audio` and `lipsync` jobs run on
+//! the models of the model manifest (`models.manifest`, else `./models.toml`) when it has one of their
+//! kind; otherwise, and for `video`, the mock pipeline answers, and says so: the summary always names the
+//! backend that ran.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ainern2d_contract::{JobKind, parse_job};
+use ainern2d_models::ModelKind;
+use ainern2d_pipelines::lipsync::LipsyncPipeline;
+use ainern2d_pipelines::tts::TtsPipeline;
 use ainern2d_pipelines::{CancellationToken, LlmPipeline, MockPipeline, Pipeline, ProgressSink, RunRequest};
 use anyhow::Context;
 
@@ -36,22 +40,42 @@ pub fn discover_manifest(config: &Config) -> Option<PathBuf> {
     })
 }
 
-fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<Arc<dyn Pipeline>> {
-    if kind != JobKind::Llm {
-        return Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())));
+/// The manifest kind that serves a job kind in process.
+fn model_kind(kind: JobKind) -> Option<ModelKind> {
+    match kind {
+        JobKind::Llm => Some(ModelKind::Llm),
+        JobKind::Audio => Some(ModelKind::Tts),
+        JobKind::Lipsync => Some(ModelKind::Lipsync),
+        JobKind::Video => None,
     }
-    let Some(manifest) = discover_manifest(config) else {
+}
+
+fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<Arc<dyn Pipeline>> {
+    let mock = |why: String| -> anyhow::Result<Arc<dyn Pipeline>> {
         if !quiet {
-            eprintln!("llm: no model manifest (models.manifest or ./models.toml): the mock pipeline answers");
+            eprintln!("{kind}: {why}: the MOCK pipeline answers (synthetic output, not a model's)");
         }
-        return Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())));
+        Ok(Arc::new(MockPipeline::new(kind, config.mock.clone())))
+    };
+    let Some(wanted) = model_kind(kind) else {
+        return mock("no in-process backend for this kind".into());
+    };
+    let Some(manifest) = discover_manifest(config) else {
+        return mock("no model manifest (models.manifest or ./models.toml)".into());
     };
     let store = model_store(config, &manifest, quiet);
     let models = crate::models::open(&manifest, store, ainern2d_models::CacheMetrics::new(), &[])?;
-    if !quiet {
-        eprintln!("llm: models from {} on {}", manifest.display(), models.device_key);
+    if !models.manifest.models.values().any(|m| m.kind == wanted) {
+        return mock(format!("{} has no {wanted:?} model", manifest.display()).to_lowercase());
     }
-    Ok(Arc::new(LlmPipeline::new(models)))
+    if !quiet {
+        eprintln!("{kind}: models from {} on {}", manifest.display(), models.device_key);
+    }
+    Ok(match kind {
+        JobKind::Audio => Arc::new(TtsPipeline::new(models, config.onnx.clone(), config.tts.clone())),
+        JobKind::Lipsync => Arc::new(LipsyncPipeline::new(models, config.onnx.clone(), config.lipsync.clone())),
+        _ => Arc::new(LlmPipeline::new(models)),
+    })
 }
 
 /// Runs the job in `job_file` and writes its outputs to `out`. Relative input paths are resolved against the
@@ -86,7 +110,7 @@ pub async fn exec(config: &Config, job_file: &Path, out: &Path, quiet: bool) -> 
         r
     })
     .await?;
-    let artifacts = result.map_err(|e| {
+    let output = result.map_err(|e| {
         let hint = if e.message.contains("examples/models/") && e.message.contains("does not exist") {
             "\n  (generate the example models first: ainern2d-worker models tiny examples/models)"
         } else {
@@ -95,18 +119,42 @@ pub async fn exec(config: &Config, job_file: &Path, out: &Path, quiet: bool) -> 
         anyhow::anyhow!("{} job {} failed: {}{hint}", job.kind(), job.job_id, e.message)
     })?;
     let mut written = Vec::new();
-    for a in artifacts {
+    for a in output.artifacts {
         let dest = out.join(&a.name);
         std::fs::copy(&a.path, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
         written.push(dest);
     }
     if !quiet {
         eprintln!("{} job {} finished in {:.2}s", job.kind(), job.job_id, started.elapsed().as_secs_f64());
+        eprintln!("{}", execution_summary(&output.execution));
         if let Some(summary) = written.iter().find(|p| p.ends_with("completion.json")).and_then(|p| llm_summary(p)) {
             eprintln!("{summary}");
         }
     }
     Ok(written)
+}
+
+/// One line naming what ran: backend, model, device, and the media's length.
+fn execution_summary(e: &ainern2d_pipelines::Execution) -> String {
+    let mut line = format!("backend {}", e.backend);
+    if let Some(model) = &e.model {
+        line += &format!(", model {model}");
+    }
+    match (&e.device, &e.execution_provider) {
+        (Some(d), Some(ep)) => line += &format!(", on {d} ({ep})"),
+        (Some(d), None) => line += &format!(", on {d}"),
+        _ => {}
+    }
+    if let Some(s) = e.duration_s {
+        line += &format!(", duration {s:.2} s");
+    }
+    if let Some(rate) = e.sample_rate {
+        line += &format!(", {rate} Hz");
+    }
+    if let Some(frames) = e.frames {
+        line += &format!(", {frames} frames");
+    }
+    line
 }
 
 /// One line about a completion: tokens, speed, model.
@@ -178,7 +226,37 @@ pub async fn check_models(config: &Config) -> anyhow::Result<()> {
                 let remote = spec.remote.as_ref().map(|r| format!("{} at {}", r.model, r.endpoint)).unwrap_or_default();
                 format!("skip  {name}: served by {remote} (not contacted)")
             }
-            (kind, _) => format!("skip  {name}: {kind:?} models are not loaded by this worker yet"),
+            (kind, _) => {
+                let (models, onnx, tts, n) = (models.clone(), config.onnx.clone(), config.tts.clone(), name.clone());
+                let started = Instant::now();
+                let loaded = tokio::task::spawn_blocking(move || match kind {
+                    ModelKind::Tts => TtsPipeline::new(models, onnx, tts).load(&n, &|| false).map(|(v, _)| {
+                        format!(
+                            "voice, {} Hz, {} speaker(s), on {}",
+                            v.config.audio.sample_rate,
+                            v.config.num_speakers.max(1),
+                            v.model.provider_name()
+                        )
+                    }),
+                    _ => ainern2d_pipelines::onnx::load_cached(&models, &onnx, &n, &|| false).map(|(m, _)| {
+                        let io: Vec<String> = m.inputs.iter().chain(&m.outputs).map(ToString::to_string).collect();
+                        format!(
+                            "{} onnx ({}), on {}",
+                            format!("{kind:?}").to_lowercase(),
+                            io.join(", "),
+                            m.provider_name()
+                        )
+                    }),
+                })
+                .await?;
+                match loaded {
+                    Ok(what) => format!("ok    {name}: {what}, loaded in {:.2}s", started.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        failed += 1;
+                        format!("FAIL  {name}: {}", e.message)
+                    }
+                }
+            }
         };
         println!("{line}");
     }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use ainern2d_contract::JobKind;
 use ainern2d_models::{CacheMetrics, Fetch, Models};
+use ainern2d_pipelines::lipsync::LipsyncPipeline;
+use ainern2d_pipelines::tts::TtsPipeline;
 use ainern2d_pipelines::{LlmPipeline, MockPipeline, NoopPipeline, Pipeline};
 use anyhow::Context;
 
@@ -52,8 +54,14 @@ pub fn pipeline(config: &Config, kind: JobKind, models: Option<&Arc<Models>>) ->
         Backend::Mock => Arc::new(MockPipeline::new(kind, config.mock.clone())),
         Backend::Noop => Arc::new(NoopPipeline(kind)),
         Backend::Inference => match (kind, models) {
+            (kind, None) => anyhow::bail!("{kind} jobs use the inference backend but no model manifest is open"),
             (JobKind::Llm, Some(models)) => Arc::new(LlmPipeline::new(models.clone())),
-            (JobKind::Llm, None) => anyhow::bail!("llm jobs use the inference backend but no model manifest is open"),
+            (JobKind::Audio, Some(models)) => {
+                Arc::new(TtsPipeline::new(models.clone(), config.onnx.clone(), config.tts.clone()))
+            }
+            (JobKind::Lipsync, Some(models)) => {
+                Arc::new(LipsyncPipeline::new(models.clone(), config.onnx.clone(), config.lipsync.clone()))
+            }
             (other, _) => anyhow::bail!("there is no inference pipeline for {other} jobs yet"),
         },
     })

@@ -123,8 +123,10 @@ fn main() -> anyhow::Result<()> {
             workdir: work.path().into(),
             downgrade: None,
         };
-        let artifacts =
-            pipeline.run(&req, &ChannelSink(tx), &CancellationToken::new()).map_err(|e| anyhow::anyhow!(e.message))?;
+        let artifacts = pipeline
+            .run(&req, &ChannelSink(tx), &CancellationToken::new())
+            .map_err(|e| anyhow::anyhow!(e.message))?
+            .artifacts;
         let reports = drain.join().expect("drain thread");
         let out: serde_json::Value = serde_json::from_slice(&std::fs::read(&artifacts[0].path)?)?;
         let n = out["usage"]["completion_tokens"].as_u64().unwrap_or(0) as f64;

@@ -19,7 +19,7 @@ pub use chat::{BUILTINS as CHAT_TEMPLATES, ChatTemplate};
 pub use local::LoadedLlm;
 
 use crate::error::{PipelineError, PipelineErrorKind};
-use crate::{Artifact, Pipeline, ProgressSink, RunRequest};
+use crate::{Artifact, Execution, Pipeline, ProgressSink, RunOutput, RunRequest};
 
 /// What one generation asks for, after the worker's policy is applied.
 #[derive(Debug)]
@@ -189,7 +189,7 @@ impl Pipeline for LlmPipeline {
         req: &RunRequest<'_>,
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Artifact>, PipelineError> {
+    ) -> Result<RunOutput, PipelineError> {
         let JobSpec::Llm(params) = &req.job.spec else {
             return Err(PipelineError::permanent(format!("llm pipeline given a {} job", req.job.kind())));
         };
@@ -267,6 +267,14 @@ impl Pipeline for LlmPipeline {
         });
         let path = req.workdir.join("completion.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&body).expect("json"))?;
-        Ok(vec![Artifact { name: "completion.json".into(), path, content_type: "application/json".into() }])
+        Ok(RunOutput {
+            artifacts: vec![Artifact { name: "completion.json".into(), path, content_type: "application/json".into() }],
+            execution: Execution {
+                backend: backend.to_string(),
+                model: Some(model),
+                device: Some(device),
+                ..Execution::default()
+            },
+        })
     }
 }

@@ -62,8 +62,9 @@ pub(super) async fn finish(
     let result: Result<(), BrokerError> = async {
         match disposition {
             Disposition::Finish { status } => {
-                let Done { outputs, timings } = done.unwrap_or(Done { outputs: Vec::new(), timings: BTreeMap::new() });
-                emitter.outcome(status, outputs, None, timings).await?;
+                let Done { outputs, execution, timings } =
+                    done.unwrap_or(Done { outputs: Vec::new(), execution: None, timings: BTreeMap::new() });
+                emitter.outcome(status, outputs, execution, None, timings).await?;
                 delivery.acker.ack(false).await
             }
             Disposition::Retry { next_attempt, level } => {
@@ -74,7 +75,7 @@ pub(super) async fn finish(
                     retryable: true,
                     field: f.field,
                 };
-                emitter.outcome(EventStatus::Retrying, Vec::new(), Some(error), BTreeMap::new()).await?;
+                emitter.outcome(EventStatus::Retrying, Vec::new(), None, Some(error), BTreeMap::new()).await?;
                 // The copy keeps the job's headers and priority; only the attempt changes. Mandatory: a
                 // retry queue that is not there must fail the publish, not swallow the job.
                 let mut copy =
@@ -94,7 +95,7 @@ pub(super) async fn finish(
                 };
                 dead_letter(shared, ctx, delivery, attempt, code, &message).await?;
                 let error = ErrorInfo { code, message, retryable: false, field: f.field };
-                emitter.outcome(status, Vec::new(), Some(error), BTreeMap::new()).await?;
+                emitter.outcome(status, Vec::new(), None, Some(error), BTreeMap::new()).await?;
                 delivery.acker.ack(false).await
             }
             Disposition::Requeue => delivery.acker.nack(true).await,

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::{DowngradeProfile, ErrorCode, Job, Progress};
-use ainern2d_pipelines::{Artifact, CancellationToken, PipelineError, PipelineErrorKind, ProgressSink, RunRequest};
+use ainern2d_pipelines::{
+    Artifact, CancellationToken, Execution, PipelineError, PipelineErrorKind, ProgressSink, RunRequest,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -59,7 +61,7 @@ pub(super) async fn run(
     scratch: Option<Scratch>,
     downgrade: Option<DowngradeProfile>,
     cancel: &CancellationToken,
-) -> Result<(Vec<Hashed>, Option<Scratch>), Stop> {
+) -> Result<(Vec<Hashed>, Execution, Option<Scratch>), Stop> {
     let pipeline = shared.pipelines[&job.kind()].clone();
     let (tx, mut rx) = watch::channel(None);
     let interval = Duration::from_millis(shared.config.events.progress_interval_ms);
@@ -76,8 +78,9 @@ pub(super) async fn run(
             };
         let workdir = scratch.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
         let req = RunRequest { job: &job_owned, attempt, inputs, workdir, downgrade: downgrade.as_ref() };
-        let artifacts = pipeline.run(&req, &LatestProgress(tx), &cancel_owned)?;
-        let hashed = artifacts
+        let output = pipeline.run(&req, &LatestProgress(tx), &cancel_owned)?;
+        let hashed = output
+            .artifacts
             .into_iter()
             .map(|artifact| {
                 let (sha256, size) = sha256_file(&artifact.path)
@@ -87,7 +90,7 @@ pub(super) async fn run(
             .collect::<Result<Vec<_>, _>>()?;
         // Nothing to upload: the scratch directory can go now, on this thread.
         let scratch = if hashed.is_empty() { None } else { scratch };
-        Ok::<_, PipelineError>((hashed, scratch))
+        Ok::<_, PipelineError>((hashed, output.execution, scratch))
     });
     tokio::pin!(result);
     let mut last = Instant::now();

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::ATTEMPT_HEADER;
-use ainern2d_contract::{ErrorCode, EventStatus, Job, JobKind, OutputObject};
+use ainern2d_contract::{ErrorCode, EventStatus, Execution, Job, JobKind, OutputObject};
 use ainern2d_pipelines::CancellationToken;
 use ainern2d_queue::Delivery;
 use tracing::Instrument;
@@ -91,6 +91,8 @@ impl From<FetchError> for Stop {
 /// What a job that ran (or was found stored) hands to `dispose`.
 pub(crate) struct Done {
     pub outputs: Vec<OutputObject>,
+    /// What ran the job (absent when stored outputs were re-announced).
+    pub execution: Option<Execution>,
     pub timings: BTreeMap<String, f64>,
 }
 
@@ -168,7 +170,7 @@ async fn run(
     if let Some(outputs) = replay::stored_outputs(shared, job, delivery, attempt).await {
         tracing::info!("outputs already stored by an earlier delivery; re-announcing success");
         let timings = BTreeMap::from([("total".to_string(), ms(received.elapsed()))]);
-        return Ok(Done { outputs, timings });
+        return Ok(Done { outputs, execution: None, timings });
     }
     let limit = Limit::of(shared, job);
     if let Some(limit) = &limit
@@ -255,7 +257,7 @@ async fn stages(
         took.push(("fetch", started.elapsed()));
 
         let started = Instant::now();
-        let (artifacts, scratch) =
+        let (artifacts, execution, scratch) =
             infer::run(shared, emitter, job, attempt, inputs, scratch, downgrade, cancel).await?;
         took.push(("inference", started.elapsed()));
         drop(permit);
@@ -264,7 +266,7 @@ async fn stages(
         let outputs = upload::put_all(shared, job, &artifacts, cancel).await?;
         took.push(("upload", started.elapsed()));
         drop(scratch);
-        Ok::<_, Stop>((outputs, took))
+        Ok::<_, Stop>((outputs, execution, took))
     };
     // `running` goes out once the job has run for `events.lifecycle_delay_ms`; a job that finishes sooner
     // reports only its outcome (with per-stage timings), which keeps short jobs cheap for the broker.
@@ -279,7 +281,7 @@ async fn stages(
             ms => tokio::time::sleep(Duration::from_millis(ms)).await,
         }
     };
-    let (outputs, took) = tokio::select! {
+    let (outputs, execution, took) = tokio::select! {
         biased;
         r = &mut body => r?,
         _ = delay => {
@@ -301,7 +303,7 @@ async fn stages(
         .get_or_create(&Metrics::kind(kind.as_str()))
         .observe(total.saturating_sub(busy).as_secs_f64());
     timings.insert("total".into(), ms(total));
-    Ok(Done { outputs, timings })
+    Ok(Done { outputs, execution: Some(execution), timings })
 }
 
 /// An inference slot of `kind`. `accepted` says "taken, waiting for a slot": it is only news when the job

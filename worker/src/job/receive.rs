@@ -78,7 +78,7 @@ pub(super) async fn reject_invalid(
     let result: Result<(), BrokerError> = async {
         dispose::dead_letter(shared, ctx, delivery, attempt, err.code, &err.to_string()).await?;
         let error = ErrorInfo { code: err.code, message: err.to_string(), retryable: false, field: err.field.clone() };
-        emitter.outcome(EventStatus::Failed, Vec::new(), Some(error), BTreeMap::new()).await?;
+        emitter.outcome(EventStatus::Failed, Vec::new(), None, Some(error), BTreeMap::new()).await?;
         delivery.acker.ack(false).await
     }
     .await;

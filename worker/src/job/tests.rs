@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER};
 use ainern2d_contract::{ControlCommand, Event, EventStatus, JobKind, WorkerState};
-use ainern2d_pipelines::{Artifact, CancellationToken, Pipeline, PipelineError, ProgressSink, RunRequest};
+use ainern2d_pipelines::{Artifact, CancellationToken, Pipeline, PipelineError, ProgressSink, RunOutput, RunRequest};
 use ainern2d_queue::embedded::EmbeddedBroker;
 use ainern2d_queue::faults::{Faults, FaultyBroker, Settled};
 use ainern2d_queue::{Broker, Delivery, HeaderValue, Message, QueueSpec, Session, Subscription};
@@ -44,7 +44,7 @@ impl Pipeline for Slow {
         req: &RunRequest<'_>,
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Artifact>, PipelineError> {
+    ) -> Result<RunOutput, PipelineError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
         self.returned.store(false, Ordering::SeqCst);
         let started = Instant::now();
@@ -60,7 +60,7 @@ impl Pipeline for Slow {
         let path = req.workdir.join("out.txt");
         std::fs::write(&path, format!("{} attempt {}", req.job.job_id, req.attempt)).unwrap();
         self.returned.store(true, Ordering::SeqCst);
-        Ok(vec![Artifact { name: "out.txt".into(), path, content_type: "text/plain".into() }])
+        Ok(RunOutput::new("slow", vec![Artifact { name: "out.txt".into(), path, content_type: "text/plain".into() }]))
     }
 }
 
