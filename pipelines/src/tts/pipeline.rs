@@ -309,7 +309,7 @@ impl Pipeline for TtsPipeline {
             params.sample_rate,
             out_format(params.format),
             &req.workdir.join(file),
-            &[("comment", comment.as_str()), ("encoder", "ainern2d")],
+            &[("comment", comment.as_str())],
         )?;
         speech.timings.encode = started.elapsed();
         tracing::info!(
