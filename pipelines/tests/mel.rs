@@ -26,9 +26,9 @@ fn python() -> PathBuf {
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => panic!(
-            "cannot run {} ({e}): create it with `python3 -m venv /tmp/ainern2d-services/py && \
-             /tmp/ainern2d-services/py/bin/pip install numpy scipy librosa`, or set AINERN2D_TEST_PYTHON \
-             to a Python with numpy, scipy and librosa",
+            "cannot run {} ({e}): `scripts/test.sh` installs it; or create it with `python3 -m venv \
+             /tmp/ainern2d-services/py && /tmp/ainern2d-services/py/bin/pip install numpy scipy librosa`, or \
+             set AINERN2D_TEST_PYTHON to a Python with numpy, scipy and librosa",
             python.display()
         ),
     }
