@@ -36,15 +36,8 @@ pub fn decode_16k_mono(path: &Path, max_s: f64, cancel: &CancellationToken) -> R
         return Err(PipelineError::permanent("input audio has no sample rate"));
     }
     let target = format::Sample::F32(format::sample::Type::Packed);
-    let mut resampler = software::resampling::Context::get(
-        decoder.format(),
-        decoder.channel_layout(),
-        decoder.rate(),
-        target,
-        ChannelLayout::MONO,
-        super::mel::SAMPLE_RATE,
-    )
-    .map_err(bad)?;
+    // Built from the first decoded frame: what a decoder reports before decoding can differ from its frames.
+    let mut resampler: Option<software::resampling::Context> = None;
     let limit = (max_s * f64::from(super::mel::SAMPLE_RATE)) as usize;
     let mut samples = Vec::new();
     let mut decoded = frame::Audio::empty();
@@ -60,14 +53,28 @@ pub fn decode_16k_mono(path: &Path, max_s: f64, cancel: &CancellationToken) -> R
         Ok(())
     };
     let mut receive = |decoder: &mut ffmpeg::decoder::Audio,
-                       resampler: &mut software::resampling::Context,
+                       resampler: &mut Option<software::resampling::Context>,
                        samples: &mut Vec<f32>|
      -> Result<(), PipelineError> {
         while decoder.receive_frame(&mut decoded).is_ok() {
             if decoded.channel_layout().is_empty() {
-                decoded.set_channel_layout(decoder.channel_layout());
+                decoded.set_channel_layout(ChannelLayout::default(decoded.channels().max(1) as i32));
             }
-            resampler.run(&decoded, &mut converted).map_err(bad)?;
+            let r = match resampler {
+                Some(r) => r,
+                None => resampler.insert(
+                    software::resampling::Context::get(
+                        decoded.format(),
+                        decoded.channel_layout(),
+                        decoded.rate(),
+                        target,
+                        ChannelLayout::MONO,
+                        super::mel::SAMPLE_RATE,
+                    )
+                    .map_err(bad)?,
+                ),
+            };
+            r.run(&decoded, &mut converted).map_err(bad)?;
             take(&converted, samples)?;
         }
         Ok(())
@@ -85,7 +92,9 @@ pub fn decode_16k_mono(path: &Path, max_s: f64, cancel: &CancellationToken) -> R
     decoder.send_eof().map_err(bad)?;
     receive(&mut decoder, &mut resampler, &mut samples)?;
     // What the resampler still holds.
-    while resampler.delay().is_some() {
+    while let Some(resampler) = resampler.as_mut()
+        && resampler.delay().is_some()
+    {
         let mut tail = frame::Audio::empty();
         if resampler.flush(&mut tail).is_err() || tail.samples() == 0 {
             break;
