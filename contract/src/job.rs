@@ -516,7 +516,7 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
             }
             let unit = |name: &str, v: Option<f32>, lo: f32, hi: f32| match v {
                 Some(v) if !(lo..=hi).contains(&v) => {
-                    Err(ContractError::field(&format!("params.{name}"), format!("{v} is out of range {lo}..={hi}")))
+                    Err(ContractError::field(format!("params.{name}"), format!("{v} is out of range {lo}..={hi}")))
                 }
                 _ => Ok(()),
             };

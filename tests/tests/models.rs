@@ -46,7 +46,11 @@ fn the_example_llm_job_runs_on_candle_with_the_example_manifest() {
     // `models check` loads every in-process model of the example manifest.
     let check = worker_bin(&["models", "check"], &root);
     let report = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(report.matches("\nok ").count(), 3, "{report}");
+    assert_eq!(
+        report.matches("\nok ").count(),
+        6,
+        "three llms, the voice, the lip-sync model and its detector: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
