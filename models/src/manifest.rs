@@ -84,6 +84,28 @@ pub enum ModelKind {
     Face,
 }
 
+impl ModelKind {
+    /// What errors call a model of this kind: "llm", "tts voice", …
+    pub fn noun_bare(self) -> &'static str {
+        match self {
+            ModelKind::Llm => "llm",
+            ModelKind::Tts => "tts voice",
+            ModelKind::Lipsync => "lipsync model",
+            ModelKind::Face => "face detector",
+        }
+    }
+
+    /// The same with its article: "an llm", "a tts voice", …
+    pub fn noun(self) -> &'static str {
+        match self {
+            ModelKind::Llm => "an llm",
+            ModelKind::Tts => "a tts voice",
+            ModelKind::Lipsync => "a lipsync model",
+            ModelKind::Face => "a face detector",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
@@ -277,24 +299,52 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The manifest key naming the default model of `kind`, and its value.
+    fn default_of(&self, kind: ModelKind) -> (&'static str, Option<&String>) {
+        match kind {
+            ModelKind::Llm => ("default_llm", self.default_llm.as_ref()),
+            ModelKind::Tts => ("default_tts", self.default_tts.as_ref()),
+            ModelKind::Lipsync => ("default_lipsync", self.default_lipsync.as_ref()),
+            ModelKind::Face => ("", None),
+        }
+    }
+
+    /// The model a job of `kind` runs: the one it asks for, else the manifest's default for the kind, else
+    /// the only model of that kind. The error says which of those failed.
+    pub fn choose(&self, kind: ModelKind, requested: Option<&str>) -> Result<String, String> {
+        let (key, default) = self.default_of(kind);
+        let name = match (requested, default) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => match self.names_of(kind).as_slice() {
+                [one] => one.clone(),
+                [] => return Err(format!("the model manifest has no {}", kind.noun_bare())),
+                _ => {
+                    return Err(format!(
+                        "the job names no model and the model manifest has several {}s and no {key}",
+                        kind.noun_bare()
+                    ));
+                }
+            },
+        };
+        match self.models.get(&name) {
+            None => {
+                let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+                Err(format!("model `{name}` is not in the manifest (known: {})", known.join(", ")))
+            }
+            Some(m) if m.kind != kind => Err(format!("model `{name}` is not {}", kind.noun())),
+            Some(_) => Ok(name),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let known = |name: &str| self.models.contains_key(name);
-        if let Some(name) = &self.default_llm {
-            match self.models.get(name) {
-                None => return Err(format!("default_llm `{name}` is not under [models]")),
-                Some(m) if m.kind != ModelKind::Llm => return Err(format!("default_llm `{name}` is not an llm")),
-                Some(_) => {}
-            }
-        }
-        for (key, default, kind) in [
-            ("default_tts", &self.default_tts, ModelKind::Tts),
-            ("default_lipsync", &self.default_lipsync, ModelKind::Lipsync),
-        ] {
-            match default.as_ref().map(|n| (n, self.models.get(n))) {
+        for kind in [ModelKind::Llm, ModelKind::Tts, ModelKind::Lipsync] {
+            let (key, default) = self.default_of(kind);
+            match default.map(|n| (n, self.models.get(n))) {
                 Some((name, None)) => return Err(format!("{key} `{name}` is not under [models]")),
                 Some((name, Some(m))) if m.kind != kind => {
-                    let want = if kind == ModelKind::Tts { "tts voice" } else { "lipsync model" };
-                    return Err(format!("{key} `{name}` is not a {want}"));
+                    return Err(format!("{key} `{name}` is not {}", kind.noun()));
                 }
                 _ => {}
             }
@@ -506,5 +556,24 @@ tokenizer = "tokenizer.json"
             let err = Manifest::from_toml(&text, Path::new(".")).unwrap_err().to_string();
             assert!(err.contains(want), "expected `{want}` in: {err}");
         }
+    }
+
+    #[test]
+    fn choose_takes_the_job_then_the_default_then_the_only_one() {
+        let m = Manifest::from_toml(GOOD, Path::new(".")).unwrap();
+        assert_eq!(m.choose(ModelKind::Llm, Some("st")).unwrap(), "st");
+        assert_eq!(m.choose(ModelKind::Llm, None).unwrap(), "tiny", "default_llm");
+        let e = m.choose(ModelKind::Llm, Some("ghost")).unwrap_err();
+        assert!(e.contains("`ghost` is not in the manifest (known: remote, st, tiny)"), "{e}");
+        let e = m.choose(ModelKind::Tts, Some("tiny")).unwrap_err();
+        assert_eq!(e, "model `tiny` is not a tts voice");
+        assert_eq!(m.choose(ModelKind::Lipsync, None).unwrap_err(), "the model manifest has no lipsync model");
+        let no_default = GOOD.replace("default_llm = \"tiny\"\n", "");
+        let m = Manifest::from_toml(&no_default, Path::new(".")).unwrap();
+        let e = m.choose(ModelKind::Llm, None).unwrap_err();
+        assert!(e.contains("several llms and no default_llm"), "{e}");
+        let one = format!("{no_default}[models.joe]\nkind = \"tts\"\nformat = \"onnx\"\nsource = \"joe.onnx\"\n");
+        let m = Manifest::from_toml(&one, Path::new(".")).unwrap();
+        assert_eq!(m.choose(ModelKind::Tts, None).unwrap(), "joe", "the only voice");
     }
 }

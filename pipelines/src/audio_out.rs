@@ -7,67 +7,39 @@ use std::path::{Path, PathBuf};
 
 use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, encoder, filter, format, frame};
 use ffmpeg_next as ffmpeg;
-use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
 use crate::media;
 
-/// Output formats of the `audio` kind (`params.format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AudioFormat {
-    #[default]
-    Wav,
-    Opus,
-    Aac,
-    Mp3,
+pub use ainern2d_contract::AudioFormat;
+
+/// FFmpeg's muxer for a format.
+fn muxer(format: AudioFormat) -> &'static str {
+    match format {
+        AudioFormat::Wav => "wav",
+        AudioFormat::Opus => "ogg",
+        AudioFormat::Aac => "mp4",
+        AudioFormat::Mp3 => "mp3",
+    }
 }
 
-impl AudioFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            AudioFormat::Wav => "wav",
-            AudioFormat::Opus => "opus",
-            AudioFormat::Aac => "m4a",
-            AudioFormat::Mp3 => "mp3",
-        }
+/// Mono speech bit rates (bits/s); PCM has none.
+fn bit_rate(format: AudioFormat) -> usize {
+    match format {
+        AudioFormat::Wav => 0,
+        AudioFormat::Opus => 48_000,
+        AudioFormat::Aac => 96_000,
+        AudioFormat::Mp3 => 96_000,
     }
+}
 
-    pub fn content_type(self) -> &'static str {
-        match self {
-            AudioFormat::Wav => "audio/wav",
-            AudioFormat::Opus => "audio/ogg",
-            AudioFormat::Aac => "audio/mp4",
-            AudioFormat::Mp3 => "audio/mpeg",
-        }
-    }
-
-    fn muxer(self) -> &'static str {
-        match self {
-            AudioFormat::Wav => "wav",
-            AudioFormat::Opus => "ogg",
-            AudioFormat::Aac => "mp4",
-            AudioFormat::Mp3 => "mp3",
-        }
-    }
-
-    fn encoder(self) -> &'static str {
-        match self {
-            AudioFormat::Wav => "pcm_s16le",
-            AudioFormat::Opus => "libopus",
-            AudioFormat::Aac => "aac",
-            AudioFormat::Mp3 => "libmp3lame",
-        }
-    }
-
-    /// Mono speech bit rates (bits/s); PCM has none.
-    fn bit_rate(self) -> usize {
-        match self {
-            AudioFormat::Wav => 0,
-            AudioFormat::Opus => 48_000,
-            AudioFormat::Aac => 96_000,
-            AudioFormat::Mp3 => 96_000,
-        }
+/// FFmpeg's encoder for a format.
+fn encoder(format: AudioFormat) -> &'static str {
+    match format {
+        AudioFormat::Wav => "pcm_s16le",
+        AudioFormat::Opus => "libopus",
+        AudioFormat::Aac => "aac",
+        AudioFormat::Mp3 => "libmp3lame",
     }
 }
 
@@ -138,7 +110,7 @@ fn encode(
     let failed = |e: ffmpeg::Error| {
         PipelineError::permanent(format!("cannot write {format:?} audio to {}: {e}", dest.display()))
     };
-    let name = format.encoder();
+    let name = encoder(format);
     let codec = encoder::find_by_name(name).ok_or_else(|| {
         PipelineError::permanent(format!("this FFmpeg build has no {name} encoder, needed for {format:?} output"))
     })?;
@@ -146,15 +118,15 @@ fn encode(
     let rate = nearest_rate(caps.rates().map(Iterator::collect), want_rate);
     let sample_format = choose_format(caps.formats().map(Iterator::collect).unwrap_or_default());
 
-    let mut octx = format::output_as(dest, format.muxer()).map_err(failed)?;
+    let mut octx = format::output_as(dest, muxer(format)).map_err(failed)?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
     let index = octx.add_stream(codec).map_err(failed)?.index();
     let mut enc = codec::context::Context::new_with_codec(codec).encoder().audio().map_err(failed)?;
     enc.set_rate(rate as i32);
     enc.set_channel_layout(ChannelLayout::MONO);
     enc.set_format(sample_format);
-    if format.bit_rate() > 0 {
-        enc.set_bit_rate(format.bit_rate());
+    if bit_rate(format) > 0 {
+        enc.set_bit_rate(bit_rate(format));
     }
     enc.set_time_base(Rational(1, rate as i32));
     if global_header {

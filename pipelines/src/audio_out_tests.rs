@@ -41,7 +41,7 @@ const TAGS: &[(&str, &str)] = &[("comment", "ainern2d onnxruntime voice=joe"), (
 
 fn check(case: &Case, out_rate: Option<u32>) {
     let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join(format!("speech.{}", case.format.extension()));
+    let dest = dir.path().join(case.format.file_name());
     let written = write_audio(&tone(1.0, 22050), 22050, out_rate, case.format, &dest, TAGS).unwrap();
     assert_eq!(written.path, dest);
     assert_eq!(written.format, case.format);
@@ -132,8 +132,8 @@ fn formats_have_names_extensions_and_content_types() {
     let parsed: Vec<AudioFormat> = serde_json::from_str(r#"["wav", "opus", "aac", "mp3"]"#).unwrap();
     assert_eq!(parsed, [AudioFormat::Wav, AudioFormat::Opus, AudioFormat::Aac, AudioFormat::Mp3]);
     assert!(serde_json::from_str::<AudioFormat>(r#""flac""#).is_err());
-    let ext: Vec<&str> = parsed.iter().map(|f| f.extension()).collect();
-    assert_eq!(ext, ["wav", "opus", "m4a", "mp3"]);
+    let names: Vec<&str> = parsed.iter().map(|f| f.file_name()).collect();
+    assert_eq!(names, ["audio.wav", "audio.opus", "audio.m4a", "audio.mp3"]);
     let types: Vec<&str> = parsed.iter().map(|f| f.content_type()).collect();
     assert_eq!(types, ["audio/wav", "audio/ogg", "audio/mp4", "audio/mpeg"]);
 }

@@ -14,7 +14,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
-use crate::llm::model_error;
+use crate::llm::{model_error, named_model_error};
 
 /// The `[onnx]` section of the worker's config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -275,20 +275,12 @@ pub fn load_cached_with<T: Send + Sync + 'static>(
         return Ok((hit, true));
     }
     let spec = models.spec(name).map_err(model_error)?;
-    let named = |e: ModelError| {
-        let cancelled = matches!(e, ModelError::Cancelled { .. });
-        let mut e = model_error(e);
-        if !cancelled {
-            e.message = format!("model `{name}`: {}", e.message);
-        }
-        e
-    };
     let file = spec
         .weights()
         .into_iter()
         .next()
         .ok_or_else(|| PipelineError::permanent(format!("model `{name}` has no `source` in the model manifest")))?;
-    let path = models.local_path_until(&file, cancelled).map_err(named)?;
+    let path = models.local_path_until(&file, cancelled).map_err(|e| named_model_error(models, name, true, e))?;
     let runtime = runtime(config).map_err(PipelineError::permanent)?;
     let bytes = match spec.memory_mb {
         Some(mb) => mb * 1024 * 1024,
@@ -301,7 +293,7 @@ pub fn load_cached_with<T: Send + Sync + 'static>(
         .get_or_load_until(name, &models.device_key, bytes, cancelled, || {
             build(OnnxModel::load(runtime, config, name, &path, &device)?)
         })
-        .map_err(named)
+        .map_err(|e| named_model_error(models, name, false, e))
 }
 
 #[cfg(test)]

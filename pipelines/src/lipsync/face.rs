@@ -313,7 +313,7 @@ impl Detector {
         let resized = resize_rgb(rgb, width, height, &lb)?;
         let pixels = to_input(&resized, &lb, self.side_w, self.side_h);
         let failed = |e: ort::Error| {
-            PipelineError::permanent(format!("face detector `{}` failed on a frame: {e}", self.model.name))
+            PipelineError::inference(format!("face detector `{}` failed on a frame: {e}", self.model.name))
         };
         let tensor = ort::value::Tensor::from_array(([1usize, 3, self.side_h, self.side_w], pixels)).map_err(failed)?;
         let mut session = self.model.session();

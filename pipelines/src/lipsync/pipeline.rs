@@ -79,29 +79,7 @@ impl LipsyncPipeline {
 
     /// The model a job runs: its `model`, else the manifest's `default_lipsync`, else the only one.
     pub fn choose_model(&self, params: &LipsyncParams) -> Result<String, PipelineError> {
-        let manifest = &self.models.manifest;
-        let name = match (&params.model, &manifest.default_lipsync) {
-            (Some(m), _) => m.clone(),
-            (None, Some(d)) => d.clone(),
-            (None, None) => {
-                let all: Vec<&String> =
-                    manifest.models.iter().filter(|(_, m)| m.kind == ModelKind::Lipsync).map(|(n, _)| n).collect();
-                match all.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => return Err(PipelineError::permanent("the model manifest has no lipsync model")),
-                    _ => {
-                        return Err(PipelineError::permanent(
-                            "the job names no model and the model manifest has several and no default_lipsync",
-                        ));
-                    }
-                }
-            }
-        };
-        let spec = self.models.spec(&name).map_err(model_error)?;
-        if spec.kind != ModelKind::Lipsync {
-            return Err(PipelineError::permanent(format!("model `{name}` is not a lipsync model")));
-        }
-        Ok(name)
+        self.models.manifest.choose(ModelKind::Lipsync, params.model.as_deref()).map_err(PipelineError::permanent)
     }
 
     fn limits(&self) -> Limits {
@@ -212,6 +190,18 @@ impl Pipeline for LipsyncPipeline {
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
     ) -> Result<RunOutput, PipelineError> {
+        self.run_timed(req, progress, cancel).map(|(output, _)| output)
+    }
+}
+
+impl LipsyncPipeline {
+    /// [`Pipeline::run`], and where its time went (the benchmark reports it).
+    pub fn run_timed(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<(RunOutput, Timings), PipelineError> {
         let JobSpec::Lipsync(params) = &req.job.spec else {
             return Err(PipelineError::permanent(format!("lipsync pipeline given a {} job", req.job.kind())));
         };
@@ -323,7 +313,7 @@ impl Pipeline for LipsyncPipeline {
             detect_s = timings.detect.as_secs_f64(), inference_s = timings.inference.as_secs_f64(),
             encode_s = timings.encode.as_secs_f64(), "lip-sync finished"
         );
-        Ok(RunOutput {
+        let output = RunOutput {
             artifacts: vec![Artifact { name: "lipsync.mp4".into(), path: out, content_type: "video/mp4".into() }],
             execution: Execution {
                 backend: "onnxruntime".into(),
@@ -334,7 +324,8 @@ impl Pipeline for LipsyncPipeline {
                 sample_rate: None,
                 frames: Some(frames),
             },
-        })
+        };
+        Ok((output, timings))
     }
 }
 
@@ -378,7 +369,7 @@ impl<'a> Batcher<'a> {
     fn flush(&mut self, width: u32) -> Result<Vec<Vec<u8>>, PipelineError> {
         let n = self.frames.len();
         let s = self.io.size as usize;
-        let failed = |e: ort::Error| PipelineError::permanent(format!("lipsync model `{}`: {e}", self.model.name));
+        let failed = |e: ort::Error| PipelineError::inference(format!("lipsync model `{}`: {e}", self.model.name));
         let faces = Tensor::from_array(([n, 6, s, s], std::mem::take(&mut self.faces))).map_err(failed)?;
         let mels = Tensor::from_array(([n, 1, mel::BANDS, mel::CHUNK_FRAMES], std::mem::take(&mut self.mels)))
             .map_err(failed)?;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::chat::{self, ChatTemplate};
 use super::{Finish, GenRequest, Generation};
 use crate::ProgressSink;
-use crate::error::{PipelineError, PipelineErrorKind};
+use crate::error::PipelineError;
 
 /// Prompt tokens evaluated per forward pass where the model allows chunking.
 const PROMPT_CHUNK: usize = 128;
@@ -146,16 +146,9 @@ impl LoadedLlm {
     }
 }
 
-/// A candle error during inference: out-of-memory is its own kind (the worker retries it under a lower
-/// load); anything else means this model cannot run this job.
+/// A candle error during inference (out of memory is told apart: [`PipelineError::inference`]).
 fn classify(e: &candle_core::Error, what: &str) -> PipelineError {
-    let message = format!("{what}: {e}");
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("out of memory") || lower.contains("out_of_memory") {
-        PipelineError { kind: PipelineErrorKind::OutOfMemory, message }
-    } else {
-        PipelineError::permanent(message)
-    }
+    PipelineError::inference(format!("{what}: {e}"))
 }
 
 /// The memory a model needs: the manifest's estimate, else its files' size plus 20 %.

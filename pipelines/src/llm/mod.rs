@@ -67,6 +67,21 @@ pub fn model_error(e: ModelError) -> PipelineError {
     PipelineError { kind, message: e.to_string() }
 }
 
+/// An error about model `name` as a job error, its message prefixed with the model's name (a cancellation
+/// stays a cancellation). `before_loader` counts it as a load failure: the loader itself never ran (a
+/// download or a checksum failed), so the cache did not count it.
+pub fn named_model_error(models: &Models, name: &str, before_loader: bool, e: ModelError) -> PipelineError {
+    if matches!(e, ModelError::Cancelled { .. }) {
+        return model_error(e);
+    }
+    if before_loader {
+        models.cache.record_load_failure(name);
+    }
+    let mut e = model_error(e);
+    e.message = format!("model `{name}`: {}", e.message);
+    e
+}
+
 /// The `llm` pipeline over a model manifest.
 #[derive(Debug, Clone)]
 pub struct LlmPipeline {
@@ -83,7 +98,7 @@ impl LlmPipeline {
     }
 
     /// The model a job runs on: a downgrade profile's `llm_model` (when the manifest has it), else the
-    /// job's `model`, else the manifest's `default_llm`.
+    /// job's `model`, else the manifest's `default_llm`, else the only llm.
     pub fn choose_model(&self, params: &LlmParams, downgrade_model: Option<&str>) -> Result<String, PipelineError> {
         let manifest = &self.models.manifest;
         if let Some(small) = downgrade_model {
@@ -92,14 +107,7 @@ impl LlmPipeline {
             }
             tracing::warn!(model = small, "downgrade profile names an llm that is not in the manifest; ignored");
         }
-        let name = params.model.clone().or_else(|| manifest.default_llm.clone()).ok_or_else(|| {
-            PipelineError::permanent("the job names no model and the model manifest has no default_llm")
-        })?;
-        let spec = self.models.spec(&name).map_err(model_error)?;
-        if spec.kind != ModelKind::Llm {
-            return Err(PipelineError::permanent(format!("model `{name}` is not an llm")));
-        }
-        Ok(name)
+        manifest.choose(ModelKind::Llm, params.model.as_deref()).map_err(PipelineError::permanent)
     }
 
     /// The loaded candle model `name` from the warm cache (loading it on a miss). Returns whether it was
@@ -121,15 +129,7 @@ impl LlmPipeline {
             return Ok((loaded, true));
         }
         // The estimate needs the files' sizes: resolve (download) them before reserving memory.
-        let named = |e: ModelError| {
-            if matches!(e, ModelError::Cancelled { .. }) {
-                return model_error(e);
-            }
-            models.cache.record_load_failure(name);
-            let mut e = model_error(e);
-            e.message = format!("model `{name}`: {}", e.message);
-            e
-        };
+        let named = |e| named_model_error(models, name, true, e);
         let mut files: Vec<std::path::PathBuf> = spec
             .weights()
             .iter()

@@ -16,7 +16,7 @@ use super::ids::{self, PhonemeIdMap};
 use super::voice::{Speaker, VoiceConfig};
 use super::{TtsConfig, text};
 use crate::error::PipelineError;
-use crate::llm::model_error;
+use crate::llm::{model_error, named_model_error};
 use crate::onnx::{self, OnnxConfig, OnnxModel};
 use crate::{Artifact, Execution, Pipeline, ProgressSink, RunOutput, RunRequest, audio_out};
 
@@ -85,29 +85,7 @@ impl TtsPipeline {
 
     /// The voice a job speaks with: its `voice`, else the manifest's `default_tts`, else the only voice.
     pub fn choose_voice(&self, params: &AudioParams) -> Result<String, PipelineError> {
-        let manifest = &self.models.manifest;
-        let name = match (&params.voice, &manifest.default_tts) {
-            (Some(v), _) => v.clone(),
-            (None, Some(d)) => d.clone(),
-            (None, None) => {
-                let voices: Vec<&String> =
-                    manifest.models.iter().filter(|(_, m)| m.kind == ModelKind::Tts).map(|(n, _)| n).collect();
-                match voices.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => return Err(PipelineError::permanent("the model manifest has no tts voice")),
-                    _ => {
-                        return Err(PipelineError::permanent(
-                            "the job names no voice and the model manifest has several and no default_tts",
-                        ));
-                    }
-                }
-            }
-        };
-        let spec = self.models.spec(&name).map_err(model_error)?;
-        if spec.kind != ModelKind::Tts {
-            return Err(PipelineError::permanent(format!("model `{name}` is not a tts voice")));
-        }
-        Ok(name)
+        self.models.manifest.choose(ModelKind::Tts, params.voice.as_deref()).map_err(PipelineError::permanent)
     }
 
     /// The voice `name` from the warm-model cache (loading it on a miss). Returns whether it was loaded.
@@ -115,11 +93,8 @@ impl TtsPipeline {
         let models = &self.models;
         let spec = models.spec(name).map_err(model_error)?;
         let config_file = spec.config_file().expect("a tts model has a source");
-        let config_path = models.local_path_until(&config_file, cancelled).map_err(|e| {
-            let mut e = model_error(e);
-            e.message = format!("voice `{name}`: its config: {}", e.message);
-            e
-        })?;
+        let config_path =
+            models.local_path_until(&config_file, cancelled).map_err(|e| named_model_error(models, name, true, e))?;
         onnx::load_cached_with(models, &self.onnx, name, cancelled, |model| {
             let config = VoiceConfig::load(&config_path)
                 .map_err(|message| ModelError::Load { name: name.to_string(), message })?;
@@ -221,7 +196,7 @@ impl TtsPipeline {
     /// One model call: ids → samples.
     fn infer(&self, voice: &Voice, ids: &[i64], scales: [f32; 3], sid: Option<i64>) -> Result<Vec<f32>, PipelineError> {
         let failed =
-            |e: ort::Error| PipelineError::permanent(format!("voice `{}`: inference failed: {e}", voice.model.name));
+            |e: ort::Error| PipelineError::inference(format!("voice `{}`: inference failed: {e}", voice.model.name));
         let n = ids.len();
         let input = Tensor::from_array(([1usize, n], ids.to_vec())).map_err(failed)?;
         let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(failed)?;
@@ -238,15 +213,6 @@ impl TtsPipeline {
         .map_err(failed)?;
         let (_, samples) = outputs["output"].try_extract_tensor::<f32>().map_err(failed)?;
         Ok(samples.to_vec())
-    }
-}
-
-fn out_format(f: ainern2d_contract::AudioFormat) -> audio_out::AudioFormat {
-    match f {
-        ainern2d_contract::AudioFormat::Wav => audio_out::AudioFormat::Wav,
-        ainern2d_contract::AudioFormat::Opus => audio_out::AudioFormat::Opus,
-        ainern2d_contract::AudioFormat::Aac => audio_out::AudioFormat::Aac,
-        ainern2d_contract::AudioFormat::Mp3 => audio_out::AudioFormat::Mp3,
     }
 }
 
@@ -288,6 +254,18 @@ impl Pipeline for TtsPipeline {
         progress: &dyn ProgressSink,
         cancel: &CancellationToken,
     ) -> Result<RunOutput, PipelineError> {
+        self.run_timed(req, progress, cancel).map(|(output, _)| output)
+    }
+}
+
+impl TtsPipeline {
+    /// [`Pipeline::run`], and where its time went (the benchmark reports it).
+    pub fn run_timed(
+        &self,
+        req: &RunRequest<'_>,
+        progress: &dyn ProgressSink,
+        cancel: &CancellationToken,
+    ) -> Result<(RunOutput, Timings), PipelineError> {
         let JobSpec::Audio(params) = &req.job.spec else {
             return Err(PipelineError::permanent(format!("audio pipeline given a {} job", req.job.kind())));
         };
@@ -307,7 +285,7 @@ impl Pipeline for TtsPipeline {
             &speech.samples,
             speech.sample_rate,
             params.sample_rate,
-            out_format(params.format),
+            params.format,
             &req.workdir.join(file),
             &[("comment", comment.as_str())],
         )?;
@@ -318,7 +296,7 @@ impl Pipeline for TtsPipeline {
             phonemize_s = speech.timings.phonemize.as_secs_f64(), inference_s = speech.timings.inference.as_secs_f64(),
             encode_s = speech.timings.encode.as_secs_f64(), "speech synthesized"
         );
-        Ok(RunOutput {
+        let output = RunOutput {
             artifacts: vec![Artifact {
                 name: file.to_string(),
                 path: encoded.path.clone(),
@@ -333,6 +311,7 @@ impl Pipeline for TtsPipeline {
                 sample_rate: Some(encoded.sample_rate),
                 frames: None,
             },
-        })
+        };
+        Ok((output, speech.timings))
     }
 }
