@@ -144,7 +144,7 @@ impl OnnxModel {
         let ort = |what: &str, e: ort::Error| fail(format!("{what}: {e}"));
         let mut builder = Session::builder(&runtime.env).map_err(|e| ort("session options", e))?;
         builder = builder
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| ort("optimisation level", e.into()))?;
         if config.intra_threads > 0 {
             builder = builder.with_intra_threads(config.intra_threads).map_err(|e| ort("threads", e.into()))?;

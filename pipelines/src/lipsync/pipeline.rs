@@ -36,6 +36,9 @@ const BATCH_FRAME_BYTES: usize = 512 * 1024 * 1024;
 pub struct Timings {
     pub decode: Duration,
     pub detect: Duration,
+    /// Face crops, masks and model inputs, and pasting the new faces back.
+    pub compose: Duration,
+    /// The model's calls alone.
     pub inference: Duration,
     pub encode: Duration,
 }
@@ -260,13 +263,16 @@ impl LipsyncPipeline {
             let b = boxes[i as usize];
             let pb = PixelBox::clamped([b.x1, b.y1, b.x2, b.y2], w, h)
                 .ok_or_else(|| PipelineError::permanent(format!("the face box of frame {i} is empty")))?;
+            let t = Instant::now();
             let mut chunk = vec![0.0; mel::CHUNK_LEN];
             mel.write_chunk(starts[i as usize], &mut chunk);
             run.push(rgb.to_vec(), pb, w, &chunk);
+            timings.compose += t.elapsed();
             if run.full() || i + 1 == frames {
                 let t = Instant::now();
-                let done = run.flush(w)?;
-                timings.inference += t.elapsed();
+                let (done, model_s) = run.flush(w)?;
+                timings.inference += model_s;
+                timings.compose += t.elapsed().saturating_sub(model_s);
                 let t = Instant::now();
                 for f in done {
                     writer.write(&f)?;
@@ -300,7 +306,7 @@ impl LipsyncPipeline {
             )));
         }
         let elapsed = started.elapsed();
-        timings.decode += elapsed.saturating_sub(timings.inference + timings.encode);
+        timings.decode += elapsed.saturating_sub(timings.compose + timings.inference + timings.encode);
         progress.progress(0.95, "mux", None);
         let out = req.workdir.join("lipsync.mp4");
         let t = Instant::now();
@@ -310,7 +316,7 @@ impl LipsyncPipeline {
         tracing::info!(
             job_id = %req.job.job_id, model = %name, provider = model.provider_name(), frames, batch,
             detector = detector.as_ref().map(|d| d.name.as_str()), decode_s = timings.decode.as_secs_f64(),
-            detect_s = timings.detect.as_secs_f64(), inference_s = timings.inference.as_secs_f64(),
+            detect_s = timings.detect.as_secs_f64(), compose_s = timings.compose.as_secs_f64(), inference_s = timings.inference.as_secs_f64(),
             encode_s = timings.encode.as_secs_f64(), "lip-sync finished"
         );
         let output = RunOutput {
@@ -365,8 +371,9 @@ impl<'a> Batcher<'a> {
         self.frames.push((rgb, b));
     }
 
-    /// Runs the model on what is waiting and returns the frames with their new faces, in order.
-    fn flush(&mut self, width: u32) -> Result<Vec<Vec<u8>>, PipelineError> {
+    /// Runs the model on what is waiting and returns the frames with their new faces, in order, and the
+    /// time the model call took.
+    fn flush(&mut self, width: u32) -> Result<(Vec<Vec<u8>>, Duration), PipelineError> {
         let n = self.frames.len();
         let s = self.io.size as usize;
         let failed = |e: ort::Error| PipelineError::inference(format!("lipsync model `{}`: {e}", self.model.name));
@@ -374,8 +381,10 @@ impl<'a> Batcher<'a> {
         let mels = Tensor::from_array(([n, 1, mel::BANDS, mel::CHUNK_FRAMES], std::mem::take(&mut self.mels)))
             .map_err(failed)?;
         let mut session = self.model.session();
+        let started = Instant::now();
         let outputs =
             session.run(ort::inputs![self.io.mel.as_str() => mels, self.io.face.as_str() => faces]).map_err(failed)?;
+        let model_s = started.elapsed();
         let (shape, data) = outputs[self.io.output.as_str()].try_extract_tensor::<f32>().map_err(failed)?;
         let want = [n as i64, 3, s as i64, s as i64];
         if shape.iter().copied().collect::<Vec<_>>() != want {
@@ -391,13 +400,14 @@ impl<'a> Batcher<'a> {
             )));
         }
         let per = 3 * s * s;
-        Ok(std::mem::take(&mut self.frames)
+        let frames = std::mem::take(&mut self.frames)
             .into_iter()
             .enumerate()
             .map(|(k, (mut rgb, b))| {
                 image::paste_bgr(&data[k * per..(k + 1) * per], self.io.size, &mut rgb, width, b);
                 rgb
             })
-            .collect())
+            .collect();
+        Ok((frames, model_s))
     }
 }
