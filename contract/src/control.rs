@@ -17,6 +17,9 @@ pub struct DowngradeProfile {
     pub video_max_steps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_max_pixels: Option<u64>,
+    /// Most frames of a `video` clip while downgraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_max_frames: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

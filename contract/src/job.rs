@@ -188,8 +188,26 @@ pub struct VideoParams {
     pub steps: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The ComfyUI workflow template (`comfyui.templates`) or, for other backends, the model; `workflow`
+    /// wins when both are given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The ComfyUI workflow template to run (default: the worker's `comfyui.default_template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// What the picture should not show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Classifier-free guidance scale, 0..=30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg: Option<f32>,
+}
+
+impl VideoParams {
+    /// Frames of the clip: `fps × duration_s`, rounded, at least 1.
+    pub fn frames(&self) -> u32 {
+        ((f64::from(self.fps) * self.duration_s).round() as u32).max(1)
+    }
 }
 
 /// Lip-sync a face video (or a still image) to an audio track.
@@ -550,6 +568,11 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
                 ));
             }
             range("steps", p.steps, 1, 200)?;
+            if let Some(cfg) = p.cfg
+                && !(0.0..=30.0).contains(&cfg)
+            {
+                return Err(ContractError::field("params.cfg", format!("{cfg} is out of range 0..=30")));
+            }
         }
         JobSpec::Lipsync(p) => {
             if let Some(fps) = p.fps {

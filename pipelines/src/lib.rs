@@ -8,6 +8,7 @@
 //! arrive as local files, outputs leave as local files.
 
 pub mod audio_out;
+pub mod comfy;
 mod error;
 pub mod lipsync;
 pub mod llm;

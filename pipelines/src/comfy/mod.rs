@@ -1,0 +1,49 @@
+//! The `video` kind through a ComfyUI server beside the worker: workflow templates filled from the job's
+//! params ([`template`]), ComfyUI's HTTP and WebSocket API with a watchdog and per-prompt cancel
+//! ([`client`]), and whatever ComfyUI wrote turned into an H.264 MP4 and a JPEG thumbnail ([`normalize`]).
+//!
+//! The protocol followed is ComfyUI's from v0.3.57 (targeted `POST /interrupt`; client-chosen `prompt_id`
+//! from v0.3.45) to v0.8.0.
+
+pub mod normalize;
+pub mod template;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The `[comfyui]` section of the worker's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComfyConfig {
+    /// The server, e.g. `http://127.0.0.1:8188`.
+    pub url: String,
+    /// The directory of workflow templates: `<name>.json` (API format) with `<name>.toml` beside it.
+    pub templates: PathBuf,
+    /// The template of jobs that name none (default: the only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_template: Option<String>,
+    /// Seconds the WebSocket may stay silent while a prompt runs before the watchdog reconnects and
+    /// reconciles from `/history` and `/queue`.
+    #[serde(default = "default_silence_s")]
+    pub silence_s: u64,
+    /// The most seconds one prompt may take, queueing included.
+    #[serde(default = "default_prompt_timeout_s")]
+    pub prompt_timeout_s: u64,
+    /// The largest output file downloaded from `/view`, in MB.
+    #[serde(default = "default_max_output_mb")]
+    pub max_output_mb: u64,
+    /// `POST /free` after this many prompts (0: never).
+    #[serde(default)]
+    pub free_every: u32,
+}
+
+fn default_silence_s() -> u64 {
+    60
+}
+fn default_prompt_timeout_s() -> u64 {
+    3600
+}
+fn default_max_output_mb() -> u64 {
+    2048
+}
