@@ -5,8 +5,10 @@
 //! The protocol followed is ComfyUI's from v0.3.57 (targeted `POST /interrupt`; client-chosen `prompt_id`
 //! from v0.3.45) to v0.8.0.
 
+pub mod client;
 pub mod normalize;
 pub mod template;
+pub mod watch;
 
 use std::path::PathBuf;
 
