@@ -288,6 +288,9 @@ pub(crate) fn mux(
                     if let Some(pts) = apacket.pts() {
                         a_time = pts as f64 * f64::from(a_tb);
                     }
+                    // The graph and the encoder count in samples (1/rate); a container that counts otherwise
+                    // (WebM: milliseconds) would hand them timestamps they misread.
+                    apacket.rescale_ts(a_tb, Rational(1, rate));
                     decoder.send_packet(&apacket).map_err(corrupt("audio", audio))?;
                 }
                 Ok(()) => continue,
