@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ainern2d_contract::JobKind;
 use ainern2d_pipelines::MockConfig;
+use ainern2d_pipelines::comfy::ComfyConfig;
 use ainern2d_pipelines::lipsync::LipsyncConfig;
 use ainern2d_pipelines::onnx::OnnxConfig;
 use ainern2d_pipelines::tts::TtsConfig;
@@ -32,6 +33,9 @@ pub struct Config {
     pub onnx: OnnxConfig,
     pub tts: TtsConfig,
     pub lipsync: LipsyncConfig,
+    /// The ComfyUI server of `video` jobs on the `comfyui` backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comfyui: Option<ComfyConfig>,
     pub log: LogConfig,
     /// Where jobs get their scratch directories.
     pub scratch_dir: PathBuf,
@@ -79,6 +83,8 @@ pub enum Backend {
     Mock,
     Noop,
     Inference,
+    /// A ComfyUI server (`[comfyui]`): `video` jobs only.
+    Comfyui,
 }
 
 /// Kinds that have a real inference pipeline.
@@ -227,6 +233,7 @@ impl Default for Config {
             onnx: OnnxConfig::default(),
             tts: TtsConfig::default(),
             lipsync: LipsyncConfig::default(),
+            comfyui: None,
             log: LogConfig::default(),
             scratch_dir: std::env::temp_dir().join("ainern2d-worker"),
         }
@@ -375,6 +382,23 @@ impl Config {
         for kind in &self.jobs.kinds {
             if self.slots(*kind) == 0 {
                 return bad(&format!("jobs.slots.{kind}"), "must be at least 1 for a served kind");
+            }
+            if self.backend(*kind) == Backend::Comfyui {
+                let key = if self.jobs.backends.contains_key(kind) {
+                    format!("jobs.backends.{kind}")
+                } else {
+                    "jobs.backend".into()
+                };
+                if *kind != JobKind::Video {
+                    return bad(&key, &format!("ComfyUI serves video jobs only, not {kind} (use mock or inference)"));
+                }
+                match &self.comfyui {
+                    None => return bad("comfyui", &format!("{key} = \"comfyui\" needs a [comfyui] section")),
+                    Some(c) if !(c.url.starts_with("http://") || c.url.starts_with("https://")) => {
+                        return bad("comfyui.url", "must be an http(s) URL");
+                    }
+                    Some(_) => {}
+                }
             }
             if self.backend(*kind) == Backend::Inference {
                 let key = if self.jobs.backends.contains_key(kind) {

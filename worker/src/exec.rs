@@ -1,8 +1,8 @@
 //! One-shot mode: run one job file locally, with no broker, and show a progress bar
 //! (`ainern2d-worker exec examples/jobs/audio.json --out DIR`). `llm`, `audio` and `lipsync` jobs run on
 //! the models of the model manifest (`models.manifest`, else `./models.toml`) when it has one of their
-//! kind; otherwise, and for `video`, the mock pipeline answers, and says so: the summary always names the
-//! backend that ran.
+//! kind; `video` jobs run through ComfyUI with `--backend comfyui --comfyui-url URL`; otherwise the mock
+//! pipeline answers, and says so: the summary always names the backend that ran.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use ainern2d_contract::{JobKind, parse_job};
 use ainern2d_models::ModelKind;
+use ainern2d_pipelines::comfy::{ComfyConfig, ComfyPipeline};
 use ainern2d_pipelines::lipsync::LipsyncPipeline;
 use ainern2d_pipelines::tts::TtsPipeline;
 use ainern2d_pipelines::{CancellationToken, LlmPipeline, MockPipeline, Pipeline, ProgressSink, RunRequest};
 use anyhow::Context;
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Backend, Config, StoreKind};
 use crate::fetch::Fetcher;
 use crate::store::ArtifactStore;
 
@@ -50,7 +51,49 @@ fn model_kind(kind: JobKind) -> Option<ModelKind> {
     }
 }
 
+/// `exec --backend comfyui --comfyui-url URL [--templates DIR]`: `video` jobs through ComfyUI.
+pub fn video_backend(
+    config: &mut Config,
+    backend: Option<&str>,
+    url: Option<String>,
+    templates: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    match backend {
+        None if url.is_none() && templates.is_none() => return Ok(()),
+        None | Some("comfyui") => {}
+        Some("mock") => {
+            config.jobs.backends.insert(JobKind::Video, Backend::Mock);
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("--backend {other}: video jobs run on comfyui or mock"),
+    }
+    let mut comfy = config.comfyui.clone().unwrap_or_else(|| ComfyConfig::new("", "examples/comfyui".into()));
+    if let Some(url) = url {
+        comfy.url = url;
+    }
+    if let Some(dir) = templates {
+        comfy.templates = dir;
+    }
+    anyhow::ensure!(!comfy.url.is_empty(), "--backend comfyui needs --comfyui-url (or comfyui.url in the config)");
+    config.comfyui = Some(comfy);
+    config.jobs.backends.insert(JobKind::Video, Backend::Comfyui);
+    Ok(())
+}
+
 fn pipeline_for(config: &Config, kind: JobKind, quiet: bool) -> anyhow::Result<Arc<dyn Pipeline>> {
+    if config.backend(kind) == Backend::Comfyui
+        && let Some(comfy) = &config.comfyui
+    {
+        if !quiet {
+            eprintln!("{kind}: ComfyUI at {} with the templates of {}", comfy.url, comfy.templates.display());
+        }
+        let pipeline = ComfyPipeline::new(comfy.clone()).map_err(anyhow::Error::msg)?;
+        let checked = pipeline.clone();
+        std::thread::scope(|s| s.spawn(move || checked.warm_up()).join())
+            .map_err(|_| anyhow::anyhow!("the ComfyUI check panicked"))?
+            .map_err(|e| anyhow::anyhow!("ComfyUI at {}: {}", comfy.url, e.message))?;
+        return Ok(Arc::new(pipeline));
+    }
     let mock = |why: String| -> anyhow::Result<Arc<dyn Pipeline>> {
         if !quiet {
             eprintln!("{kind}: {why}: the MOCK pipeline answers (synthetic output, not a model's)");

@@ -37,6 +37,15 @@ enum Command {
         /// The model manifest (overrides models.manifest).
         #[arg(long)]
         models: Option<PathBuf>,
+        /// Run `video` jobs on this backend instead of the configured one (`comfyui`, `mock`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// The ComfyUI server for `--backend comfyui` (overrides comfyui.url).
+        #[arg(long)]
+        comfyui_url: Option<String>,
+        /// The workflow templates for `--backend comfyui` (default: comfyui.templates, else examples/comfyui).
+        #[arg(long)]
+        templates: Option<PathBuf>,
     },
     /// Model manifest tools.
     #[command(subcommand)]
@@ -70,11 +79,12 @@ async fn main() -> anyhow::Result<()> {
             ainern2d_cli::init_logs(&config.log);
             ainern2d_worker::serve(config, ainern2d_cli::shutdown_on_signal()).await
         }
-        Command::Exec { job, out, models } => {
+        Command::Exec { job, out, models, backend, comfyui_url, templates } => {
             let mut config = config;
             if models.is_some() {
                 config.models.manifest = models;
             }
+            ainern2d_worker::exec::video_backend(&mut config, backend.as_deref(), comfyui_url, templates)?;
             let written = ainern2d_worker::exec::exec(&config, &job, &out, false).await?;
             for path in written {
                 println!("{}", path.display());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ainern2d_contract::JobKind;
 use ainern2d_models::{CacheMetrics, Fetch, Models};
+use ainern2d_pipelines::comfy::ComfyPipeline;
 use ainern2d_pipelines::lipsync::LipsyncPipeline;
 use ainern2d_pipelines::tts::TtsPipeline;
 use ainern2d_pipelines::{LlmPipeline, MockPipeline, NoopPipeline, Pipeline};
@@ -64,5 +65,9 @@ pub fn pipeline(config: &Config, kind: JobKind, models: Option<&Arc<Models>>) ->
             }
             (other, _) => anyhow::bail!("there is no inference pipeline for {other} jobs yet"),
         },
+        Backend::Comfyui => {
+            let comfy = config.comfyui.clone().context("the comfyui backend needs a [comfyui] section")?;
+            Arc::new(ComfyPipeline::new(comfy).map_err(anyhow::Error::msg)?)
+        }
     })
 }

@@ -7,8 +7,11 @@
 
 pub mod client;
 pub mod normalize;
+mod pipeline;
 pub mod template;
 pub mod watch;
+
+pub use pipeline::{ComfyPipeline, prompt_id};
 
 use std::path::PathBuf;
 
@@ -38,6 +41,21 @@ pub struct ComfyConfig {
     /// `POST /free` after this many prompts (0: never).
     #[serde(default)]
     pub free_every: u32,
+}
+
+impl ComfyConfig {
+    /// The server at `url` with the templates of `templates`, everything else by default.
+    pub fn new(url: &str, templates: PathBuf) -> ComfyConfig {
+        ComfyConfig {
+            url: url.to_string(),
+            templates,
+            default_template: None,
+            silence_s: default_silence_s(),
+            prompt_timeout_s: default_prompt_timeout_s(),
+            max_output_mb: default_max_output_mb(),
+            free_every: 0,
+        }
+    }
 }
 
 fn default_silence_s() -> u64 {
