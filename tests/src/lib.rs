@@ -3,6 +3,8 @@
 //! tests that restart the broker. Services are found through `AINERN2D_TEST_*` variables (set by
 //! `scripts/test.sh`); a test that cannot reach one fails and says how to start it.
 
+pub mod comfy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
