@@ -115,7 +115,7 @@ impl ComfyPipeline {
             silence: Duration::from_secs(self.config.silence_s.max(1)),
             timeout: Duration::from_secs(self.config.prompt_timeout_s.max(1)),
         };
-        let report = |fraction: f32, class: &str| progress.progress(0.05 + 0.85 * fraction, class, None);
+        let report = |fraction: f32, class: &str| progress.progress((0.05 + 0.85 * fraction).min(0.9), class, None);
         let entry = watch::run_prompt(&client, &filled.prompt, &id, limits, &report, cancel).await?;
         let entry = outcome(entry, cancel)?;
         self.after_prompt(&client).await;

@@ -213,7 +213,13 @@ pub async fn run_prompt(
                 tracing::warn!(prompt_id, why, "ComfyUI WebSocket {why}; reconciling from /history and /queue");
                 match reconcile(client, prompt_id).await? {
                     Reconciled::Done(h) => return Ok(h),
-                    Reconciled::StillThere => ws = connect(client).await?,
+                    Reconciled::StillThere => {
+                        // ComfyUI forgets a client id when its old socket closes, even if a new socket holds
+                        // it by then: close the old one first and give the server a moment.
+                        let _ = ws.close(None).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        ws = connect(client).await?;
+                    }
                 }
                 continue;
             }
