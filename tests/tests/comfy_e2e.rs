@@ -1,0 +1,170 @@
+//! `video` jobs through ComfyUI in the real worker binary, against the fake ComfyUI: the README's `exec
+//! --backend comfyui` command, and the daemon serving `video` jobs from RabbitMQ to S3 with progress events;
+//! a cancel through the control exchange interrupts exactly that job's prompt.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ainern2d_contract::{ControlCommand, EventStatus, JobKind};
+use ainern2d_pipelines::comfy::prompt_id;
+use ainern2d_tests::comfy::{Behaviour, FakeComfy, OutputFile};
+use ainern2d_tests::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A fake whose SaveVideo nodes write a 2 s, 12 fps, 320×240 H.264 clip.
+async fn fake(dir: &Path, step_delay: Duration) -> FakeComfy {
+    let clip = dir.join("clip.mp4");
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=12", "-frames:v", "24"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut b = Behaviour { step_delay, ..Behaviour::default() };
+    b.outputs.insert("3".into(), OutputFile::path(&clip));
+    b.outputs.insert("14".into(), OutputFile::path(&clip));
+    FakeComfy::start(b).await
+}
+
+/// The model-free example template, and `sampled`: a KSampler whose steps take time (for cancelling).
+fn sampler_templates(dir: &Path) -> std::path::PathBuf {
+    let t = dir.join("templates");
+    std::fs::create_dir_all(&t).unwrap();
+    for ext in ["json", "toml"] {
+        let name = format!("empty-video.{ext}");
+        std::fs::copy(repo_root().join("examples/comfyui").join(&name), t.join(&name)).unwrap();
+    }
+    let workflow = serde_json::json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 1.0, "latent_image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    });
+    std::fs::write(t.join("sampled.json"), workflow.to_string()).unwrap();
+    std::fs::write(
+        t.join("sampled.toml"),
+        "output = \"3\"\n[slots]\nsteps = { node = \"2\", input = \"steps\" }\nprefix = { node = \"3\", input = \"filename_prefix\" }\n",
+    )
+    .unwrap();
+    t
+}
+
+fn probe(path: &Path) -> serde_json::Value {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_exec_command_runs_the_example_video_job_through_comfyui() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake(dir.path(), Duration::ZERO).await;
+    let out = dir.path().join("out");
+    let url = fake.url();
+    let out_arg = out.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(binary("ainern2d-worker"))
+            .args(["exec", "examples/jobs/video.json", "--backend", "comfyui", "--comfyui-url", &url])
+            .args(["--templates", "examples/comfyui", "--out"])
+            .arg(&out_arg)
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "exec failed:\n{stderr}");
+    assert!(stderr.contains("backend comfyui"), "the summary names the backend:\n{stderr}");
+    assert!(!stderr.contains("MOCK"), "{stderr}");
+    let p = probe(&out.join("video.mp4"));
+    let v = &p["streams"][0];
+    assert_eq!(
+        (v["codec_name"].as_str(), v["width"].as_u64(), v["height"].as_u64()),
+        (Some("h264"), Some(320), Some(240))
+    );
+    let duration: f64 = p["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((duration - 2.0).abs() < 0.1, "{duration}");
+    assert!(out.join("thumbnail.jpg").is_file());
+    assert_eq!(fake.prompts()[0]["prompt_id"], prompt_id("example-video", 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_serves_video_through_comfyui_and_cancel_interrupts_that_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake(dir.path(), Duration::from_millis(200)).await;
+    let s = Bed::new("comfy").await;
+    let body =
+        aws_sdk_s3::primitives::ByteStream::from_path(repo_root().join("examples/media/still.png")).await.unwrap();
+    s.s3.put_object().bucket(&s.bucket).key("in/still.png").body(body).send().await.unwrap();
+    let templates = sampler_templates(dir.path());
+    let extra = format!(
+        "[jobs]\nkinds = [\"video\"]\n[jobs.backends]\nvideo = \"comfyui\"\n\
+         [comfyui]\nurl = \"{}\"\ntemplates = \"{}\"\nsilence_s = 5\n",
+        fake.url(),
+        templates.display()
+    );
+    let w = s.worker(&extra).await;
+    let id = s.worker_id(w.http_port);
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    let image = serde_json::json!({"image": format!("s3://{}/in/still.png", s.bucket)});
+    let params = |workflow: &str, steps: u32| {
+        serde_json::json!({"prompt": "a lighthouse", "width": 320, "height": 240, "fps": 12, "duration_s": 2.0,
+            "steps": steps, "workflow": workflow})
+    };
+    publish_job(
+        &s.channel,
+        &s.prefix,
+        JobKind::Video,
+        &job(JobKind::Video, "clip", params("empty-video", 4), image.clone()),
+    )
+    .await;
+    let event = tap.terminal("clip", T).await;
+    assert_eq!(event.status, EventStatus::Succeeded, "{event:?}\n{}", w.logs());
+    let names: Vec<&str> = event.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["video.mp4", "thumbnail.jpg"]);
+    let execution = event.execution.as_ref().unwrap();
+    assert_eq!((execution.backend.as_str(), execution.frames), ("comfyui", Some(24)));
+    let key = &event.outputs[0].key;
+    let obj = s.s3.get_object().bucket(&s.bucket).key(key).send().await.unwrap();
+    let local = dir.path().join("got.mp4");
+    std::fs::write(&local, obj.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(probe(&local)["streams"][0]["codec_name"], "h264");
+    // A long prompt, cancelled while it samples: only its prompt is interrupted.
+    publish_job(&s.channel, &s.prefix, JobKind::Video, &job(JobKind::Video, "stop", params("sampled", 100), image))
+        .await;
+    let stop = prompt_id("stop", 1);
+    tokio::time::timeout(T, async {
+        while fake.running().as_deref() != Some(stop.as_str()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the prompt never ran; events {:?}\n{}",
+            tap.seen.iter().filter(|e| e.job_id == "stop").collect::<Vec<_>>(),
+            w.logs()
+        )
+    });
+    // Progress events while it samples, staged by the node class.
+    let p = tap
+        .wait_for(T, "progress", |e| {
+            e.job_id == "stop"
+                && e.status == EventStatus::Progress
+                && e.progress.as_ref().is_some_and(|p| p.stage == "KSampler")
+        })
+        .await;
+    assert!(p.progress.unwrap().fraction > 0.0);
+    s.control(&id, ControlCommand::Cancel { job_id: "stop".into() }).await;
+    assert_eq!(tap.terminal("stop", T).await.status, EventStatus::Cancelled);
+    assert_eq!(fake.interrupts(), [Some(stop.clone())]);
+    s.cleanup().await;
+}
