@@ -304,7 +304,8 @@ async fn with_a_read_token_every_read_needs_it_or_the_admin_token() {
         assert_eq!(http.get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401, "{path} wrong token");
         for token in ["reader", ADMIN] {
             let r = http.get(&url).bearer_auth(token).send().await.unwrap();
-            assert_eq!(r.status(), 200, "{path} with {token}");
+            let status = r.status();
+            assert_eq!(status, 200, "{path} with {token}: {}", r.text().await.unwrap_or_default());
         }
     }
     let job = http.get(format!("{}/v1/jobs/out-2", local.base)).bearer_auth("reader").send().await.unwrap();

@@ -200,7 +200,10 @@ pub async fn run_prompt(
         let wait = limits.silence.min(deadline - now);
         let next = tokio::select! {
             () = cancel.cancelled() => {
-                client.cancel(prompt_id).await?;
+                // Cancelled either way; an unreachable ComfyUI only means the prompt may finish unseen.
+                if let Err(e) = client.cancel(prompt_id).await {
+                    tracing::warn!(prompt_id, "could not cancel the ComfyUI prompt: {e}");
+                }
                 return Err(PipelineError::cancelled());
             }
             m = tokio::time::timeout(wait, ws.next()) => m,
