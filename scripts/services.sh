@@ -64,8 +64,10 @@ ensure_s3() {
   fi
   mkdir -p "$SERVICES_DIR/s3"
   echo "starting s3s-fs on 127.0.0.1:$S3_PORT"
-  nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
-    "$SERVICES_DIR/s3" >"$SERVICES_DIR/s3s-fs.log" 2>&1 &
+  # Started from its own directory: s3s-fs resolves every request against its working directory, so a
+  # server started in a clone that is later deleted answers every request with InternalError.
+  (cd "$SERVICES_DIR" && nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+    --secret-key "$S3_SECRET_KEY" "$SERVICES_DIR/s3" >"$SERVICES_DIR/s3s-fs.log" 2>&1 &)
   wait_port "$S3_PORT" 30 s3s-fs
 }
 

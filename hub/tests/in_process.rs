@@ -32,8 +32,11 @@ fn config(extra: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("admin-token");
     std::fs::write(&token, format!("{ADMIN}\n")).unwrap();
+    // A file, not `sqlite::memory:`: sqlx replaces a connection whose query was dropped half-way (an event
+    // stream's client going away), and a replaced in-memory connection is an empty database.
     let toml = format!(
-        "[broker]\nprefix = \"t\"\n[database]\nurl = \"sqlite::memory:\"\n[api]\nadmin_token_file = \"{}\"\n{extra}",
+        "[broker]\nprefix = \"t\"\n[database]\nurl = \"sqlite://{}\"\n[api]\nadmin_token_file = \"{}\"\n{extra}",
+        dir.path().join("hub.db").display(),
         token.display()
     );
     (Config::from_toml(&toml).unwrap(), dir)
