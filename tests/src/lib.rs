@@ -61,6 +61,31 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// `ffprobe`'s streams (frames counted) and format of a media file, as JSON.
+pub fn ffprobe(path: &Path) -> serde_json::Value {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `clip.mp4` in `dir`: 2 s of FFmpeg's test pattern at 12 fps, 320×240, H.264 (what a ComfyUI SaveVideo
+/// node of the tests writes).
+pub fn test_clip(dir: &Path) -> PathBuf {
+    let out = dir.join("clip.mp4");
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=12", "-frames:v", "24"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "ffmpeg could not write {}", out.display());
+    out
+}
+
 /// `t-<name>-<random>`: queue, exchange and bucket names no other test uses.
 pub fn unique(name: &str) -> String {
     format!("t-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,22 +15,10 @@ use ainern2d_pipelines::{
     CancellationToken, Pipeline, PipelineError, PipelineErrorKind, ProgressSink, RunOutput, RunRequest,
 };
 use ainern2d_tests::comfy::{At, Behaviour, Failure, FakeComfy, OutputFile, Reject, View};
+use ainern2d_tests::{ffprobe, test_clip};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// A 2 s, 12 fps, 320×240 H.264 clip as ComfyUI's SaveVideo would write it.
-fn clip(dir: &Path) -> PathBuf {
-    let out = dir.join("comfy-out.mp4");
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=12", "-frames:v", "24"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    out
 }
 
 #[derive(Default)]
@@ -84,18 +71,9 @@ async fn run(pipeline: &ComfyPipeline, job: ainern2d_contract::Job, cancel: Canc
     Run { result, stages, _dir: dir }
 }
 
-fn probe(path: &Path) -> serde_json::Value {
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
-        .arg(path)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// A fake whose SaveVideo nodes (`3` in empty-video, `14` in wan-i2v) write `clip`, KSampler steps slowed.
 async fn fake_with(dir: &Path, step_delay: Duration) -> FakeComfy {
-    let clip = clip(dir);
+    let clip = test_clip(dir);
     let mut b = Behaviour { step_delay, ..Behaviour::default() };
     b.outputs.insert("3".into(), OutputFile::path(&clip));
     b.outputs.insert("14".into(), OutputFile::path(&clip));
@@ -113,7 +91,7 @@ async fn a_model_free_template_yields_h264_and_a_thumbnail() {
     assert_eq!(out.execution.model.as_deref(), Some("empty-video"));
     assert_eq!(out.execution.frames, Some(24));
     assert!((out.execution.duration_s.unwrap() - 2.0).abs() < 0.01);
-    let v = probe(&out.artifacts[0].path);
+    let v = ffprobe(&out.artifacts[0].path);
     let s = &v["streams"][0];
     assert_eq!(
         (s["codec_name"].as_str(), s["width"].as_u64(), s["height"].as_u64()),
@@ -121,7 +99,7 @@ async fn a_model_free_template_yields_h264_and_a_thumbnail() {
     );
     assert_eq!(s["nb_read_frames"].as_str(), Some("24"));
     assert_eq!(out.artifacts[1].name, "thumbnail.jpg");
-    assert_eq!(probe(&out.artifacts[1].path)["streams"][0]["codec_name"], "mjpeg");
+    assert_eq!(ffprobe(&out.artifacts[1].path)["streams"][0]["codec_name"], "mjpeg");
     // The prompt went in under the job's own id with the slots filled; no image upload (no image slot).
     let sent = fake.prompts();
     assert_eq!(sent.len(), 1);

@@ -15,14 +15,7 @@ const T: Duration = Duration::from_secs(60);
 
 /// A fake whose SaveVideo nodes write a 2 s, 12 fps, 320×240 H.264 clip.
 async fn fake(dir: &Path, step_delay: Duration) -> FakeComfy {
-    let clip = dir.join("clip.mp4");
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=12", "-frames:v", "24"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .arg(&clip)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let clip = test_clip(dir);
     let mut b = Behaviour { step_delay, ..Behaviour::default() };
     b.outputs.insert("3".into(), OutputFile::path(&clip));
     b.outputs.insert("14".into(), OutputFile::path(&clip));
@@ -52,16 +45,6 @@ fn sampler_templates(dir: &Path) -> std::path::PathBuf {
     t
 }
 
-fn probe(path: &Path) -> serde_json::Value {
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_exec_command_runs_the_example_video_job_through_comfyui() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +67,7 @@ async fn the_readme_exec_command_runs_the_example_video_job_through_comfyui() {
     assert!(o.status.success(), "exec failed:\n{stderr}");
     assert!(stderr.contains("backend comfyui"), "the summary names the backend:\n{stderr}");
     assert!(!stderr.contains("MOCK"), "{stderr}");
-    let p = probe(&out.join("video.mp4"));
+    let p = ffprobe(&out.join("video.mp4"));
     let v = &p["streams"][0];
     assert_eq!(
         (v["codec_name"].as_str(), v["width"].as_u64(), v["height"].as_u64()),
@@ -136,7 +119,7 @@ async fn the_daemon_serves_video_through_comfyui_and_cancel_interrupts_that_prom
     let obj = s.s3.get_object().bucket(&s.bucket).key(key).send().await.unwrap();
     let local = dir.path().join("got.mp4");
     std::fs::write(&local, obj.body.collect().await.unwrap().into_bytes()).unwrap();
-    assert_eq!(probe(&local)["streams"][0]["codec_name"], "h264");
+    assert_eq!(ffprobe(&local)["streams"][0]["codec_name"], "h264");
     // A long prompt, cancelled while it samples: only its prompt is interrupted.
     publish_job(&s.channel, &s.prefix, JobKind::Video, &job(JobKind::Video, "stop", params("sampled", 100), image))
         .await;

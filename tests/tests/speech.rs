@@ -36,17 +36,6 @@ fn exec(job: &str, out: &Path) -> String {
     stderr
 }
 
-/// `ffprobe`'s streams and format of a file, as JSON.
-fn probe(path: &Path) -> serde_json::Value {
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn stream<'a>(p: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
     p["streams"]
         .as_array()
@@ -63,7 +52,7 @@ fn the_example_audio_job_speaks_with_the_real_piper_voice() {
     let stderr = exec("examples/jobs/audio.json", out.path());
     assert!(stderr.contains("backend onnxruntime, model joe, on cpu (CPUExecutionProvider)"), "{stderr}");
     assert!(!stderr.contains("MOCK"), "{stderr}");
-    let p = probe(&out.path().join("audio.wav"));
+    let p = ffprobe(&out.path().join("audio.wav"));
     let a = stream(&p, "audio");
     assert_eq!(a["codec_name"], "pcm_s16le");
     assert_eq!(a["sample_rate"], "22050", "the voice's own rate");
@@ -81,11 +70,11 @@ fn the_example_lipsync_job_writes_h264_with_the_input_audio() {
     let out = tempfile::tempdir().unwrap();
     let stderr = exec("examples/jobs/lipsync.json", out.path());
     assert!(stderr.contains("backend onnxruntime, model tiny-wav2lip"), "{stderr}");
-    let p = probe(&out.path().join("lipsync.mp4"));
+    let p = ffprobe(&out.path().join("lipsync.mp4"));
     assert_eq!(stream(&p, "video")["codec_name"], "h264");
     let audio = stream(&p, "audio");
     assert_eq!(audio["codec_name"], "aac");
-    let input = probe(&repo_root().join("examples/media/line.wav"));
+    let input = ffprobe(&repo_root().join("examples/media/line.wav"));
     let (a, b): (f64, f64) = (
         audio["duration"].as_str().unwrap().parse().unwrap(),
         input["format"]["duration"].as_str().unwrap().parse().unwrap(),
