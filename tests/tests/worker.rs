@@ -394,8 +394,10 @@ async fn the_worker_keeps_consuming_after_the_broker_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the_lifecycle_delay() {
     let s = Bed::new("lifecycle").await;
-    let (config, _) = s.config("[jobs.slots]\nllm = 1\n[mock]\nlatency_ms = 400\n");
-    let mut w = Worker::spawn(&config.replace("lifecycle_delay_ms = 0", "lifecycle_delay_ms = 50"));
+    // A delay well above a loaded 2-core machine's start-up jitter (50 ms was not: `first` was seen
+    // `accepted` in CI), and jobs well above the delay.
+    let (config, _) = s.config("[jobs.slots]\nllm = 1\n[mock]\nlatency_ms = 1000\n");
+    let mut w = Worker::spawn(&config.replace("lifecycle_delay_ms = 0", "lifecycle_delay_ms = 250"));
     w.wait_ready().await;
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     for id in ["first", "second"] {
@@ -407,7 +409,7 @@ async fn accepted_is_published_when_a_job_waits_for_a_slot_and_running_after_the
     // One slot: the first job starts at once (no `accepted`), the second waits for the slot (`accepted`).
     assert_eq!(tap.count("first", EventStatus::Accepted), 0);
     assert_eq!(tap.count("second", EventStatus::Accepted), 1);
-    // Both ran longer than the 50 ms lifecycle delay, so both reported `running`.
+    // Both ran longer than the 250 ms lifecycle delay, so both reported `running`.
     assert_eq!((tap.count("first", EventStatus::Running), tap.count("second", EventStatus::Running)), (1, 1));
     w.kill9();
     s.cleanup().await;
