@@ -397,6 +397,12 @@ impl Config {
                     Some(c) if !(c.url.starts_with("http://") || c.url.starts_with("https://")) => {
                         return bad("comfyui.url", "must be an http(s) URL");
                     }
+                    Some(c) if c.free_above_pct.is_some_and(|p| p == 0 || p > 100) => {
+                        return bad("comfyui.free_above_pct", "must be a percentage, 1 to 100");
+                    }
+                    Some(c) if c.command.as_ref().is_some_and(|c| c.is_empty() || c[0].is_empty()) => {
+                        return bad("comfyui.command", "must name a program, e.g. [\"python\", \"main.py\"]");
+                    }
                     Some(_) => {}
                 }
             }

@@ -41,6 +41,21 @@ pub struct ComfyConfig {
     /// `POST /free` after this many prompts (0: never).
     #[serde(default)]
     pub free_every: u32,
+    /// `POST /free` after a prompt when a device's VRAM use (as ComfyUI reports it) is above this percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_above_pct: Option<u8>,
+    /// Run ComfyUI as a child of the worker: the program and its arguments (e.g. `["python", "main.py",
+    /// "--listen", "127.0.0.1", "--port", "8188"]`). It is restarted when it dies, and a prompt it was
+    /// running fails as retryable at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The working directory of `command` (default: the worker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_dir: Option<PathBuf>,
+    /// How long a supervised ComfyUI may take to answer after (re)starting before a job waiting for it fails
+    /// as retryable.
+    #[serde(default = "default_start_timeout_s")]
+    pub start_timeout_s: u64,
 }
 
 impl ComfyConfig {
@@ -54,6 +69,10 @@ impl ComfyConfig {
             prompt_timeout_s: default_prompt_timeout_s(),
             max_output_mb: default_max_output_mb(),
             free_every: 0,
+            free_above_pct: None,
+            command: None,
+            command_dir: None,
+            start_timeout_s: default_start_timeout_s(),
         }
     }
 }
@@ -63,6 +82,9 @@ fn default_silence_s() -> u64 {
 }
 fn default_prompt_timeout_s() -> u64 {
     3600
+}
+fn default_start_timeout_s() -> u64 {
+    300
 }
 fn default_max_output_mb() -> u64 {
     2048
