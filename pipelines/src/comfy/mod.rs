@@ -8,10 +8,12 @@
 pub mod client;
 pub mod normalize;
 mod pipeline;
+pub mod supervise;
 pub mod template;
 pub mod watch;
 
 pub use pipeline::{ComfyPipeline, prompt_id};
+pub use supervise::{Life, Supervisor};
 
 use std::path::PathBuf;
 

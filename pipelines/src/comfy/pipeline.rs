@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::ComfyConfig;
 use super::client::{Client, HistoryEntry};
 use super::normalize::{self, Normalized};
+use super::supervise::Supervisor;
 use super::template::{Fill, Templates};
 use super::watch::{self, Limits};
 use crate::error::PipelineError;
@@ -43,6 +44,8 @@ pub struct ComfyPipeline {
     /// Templates the server's `/object_info` rules out, and why (found at warm-up).
     unavailable: Arc<Mutex<BTreeMap<String, String>>>,
     client_id: String,
+    /// The ComfyUI process this worker runs (`comfyui.command`); it stops when the last clone is dropped.
+    supervisor: Option<Supervisor>,
 }
 
 impl ComfyPipeline {
@@ -59,13 +62,25 @@ impl ComfyPipeline {
             ));
         }
         let client_id = format!("ainern2d-{}", uuid::Uuid::new_v4().simple());
+        let supervisor = config
+            .command
+            .as_ref()
+            .map(|command| Supervisor::start(command, config.command_dir.as_deref()))
+            .transpose()
+            .map_err(|e| format!("comfyui.command: {e}"))?;
         Ok(ComfyPipeline {
             config,
             templates: Arc::new(templates),
             since_free: Arc::default(),
             unavailable: Arc::default(),
             client_id,
+            supervisor,
         })
+    }
+
+    /// The supervised ComfyUI process, when `comfyui.command` is set.
+    pub fn supervisor(&self) -> Option<&Supervisor> {
+        self.supervisor.as_ref()
     }
 
     fn client(&self) -> Result<Client, PipelineError> {
@@ -97,6 +112,9 @@ impl ComfyPipeline {
                 template.name
             )));
         }
+        if let Some(sup) = &self.supervisor {
+            sup.wait_answering(&client, Duration::from_secs(self.config.start_timeout_s), cancel).await?;
+        }
         let image = match req.inputs.get("image").filter(|_| template.needs_image()) {
             Some(path) => {
                 progress.progress(0.0, "upload", Some("input image".into()));
@@ -116,7 +134,12 @@ impl ComfyPipeline {
             timeout: Duration::from_secs(self.config.prompt_timeout_s.max(1)),
         };
         let report = |fraction: f32, class: &str| progress.progress((0.05 + 0.85 * fraction).min(0.9), class, None);
-        let entry = watch::run_prompt(&client, &filled.prompt, &id, limits, &report, cancel).await?;
+        let prompt = watch::run_prompt(&client, &filled.prompt, &id, limits, &report, cancel);
+        // A supervised ComfyUI that dies takes the prompt with it: fail now, not after the watchdog's silence.
+        let entry = match self.supervisor.as_ref().map(Supervisor::life) {
+            None => prompt.await?,
+            Some(life) => life.guard(&id, prompt).await?,
+        };
         let entry = outcome(entry, cancel)?;
         self.after_prompt(&client).await;
         let files = entry.files_of(&template.output);

@@ -75,8 +75,14 @@ pub struct FakeComfy {
 
 impl FakeComfy {
     pub async fn start(behaviour: Behaviour) -> FakeComfy {
-        let listener =
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake ComfyUI");
+        FakeComfy::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour).await
+    }
+
+    /// On a chosen address: the `fake-comfyui` binary, which a test runs at a port it picked for the client.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> FakeComfy {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr} for the fake ComfyUI: {e}"));
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(behaviour)),
