@@ -28,7 +28,8 @@ pub struct SlotUsage {
     pub busy: u32,
 }
 
-/// One GPU's telemetry from NVML.
+/// One GPU's telemetry: from NVML, or (a worker without NVML whose video jobs run on ComfyUI) the memory
+/// figures ComfyUI reports, with `source = "comfyui"` and no utilisation, temperature or power.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GpuStats {
     pub index: u32,
@@ -41,6 +42,55 @@ pub struct GpuStats {
     pub temperature_c: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_w: Option<f64>,
+    /// Where the figures come from when not NVML (`comfyui`): `utilization_pct` is then unknown (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A server a pipeline runs on (ComfyUI), as the worker's last probe found it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackendStatus {
+    /// The backend (`comfyui`).
+    pub backend: String,
+    pub url: String,
+    /// Whether it answered the last probe.
+    pub reachable: bool,
+    /// Why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub ram_total_bytes: u64,
+    #[serde(default)]
+    pub ram_free_bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<BackendDevice>,
+    /// Present when the worker runs the server as its child process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<BackendProcess>,
+}
+
+/// One device a backend server computes on, with its memory as the server sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackendDevice {
+    pub index: u32,
+    pub name: String,
+    /// `cuda`, `cpu`, `mps`, ….
+    pub kind: String,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+}
+
+/// A backend server the worker supervises.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackendProcess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Times it was restarted after dying.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// Published on the events exchange with routing key `worker.heartbeat.<worker_id>`.
@@ -62,4 +112,7 @@ pub struct Heartbeat {
     pub gpus: Vec<GpuStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downgrade: Option<String>,
+    /// Backend servers by job kind (`video`: ComfyUI); absent for in-process pipelines.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BackendStatus>,
 }

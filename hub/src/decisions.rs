@@ -20,7 +20,8 @@ impl Hub {
                 decisions.extend(policy.outcome(now, f.status == JobStatus::Succeeded, f.e2e_s));
             }
             for hb in heartbeats {
-                if let Some(busiest) = hb.gpus.iter().map(|g| f64::from(g.utilization_pct)).reduce(f64::max)
+                if let Some(busiest) =
+                    hb.gpus.iter().filter(|g| g.source.is_none()).map(|g| f64::from(g.utilization_pct)).reduce(f64::max)
                     && let Some(d) = policy.gpu_sample(hb.sent_at, &hb.worker_id, busiest)
                 {
                     decisions.push(d);

@@ -210,8 +210,10 @@ fn hot_heartbeats(worker: &str) -> Vec<Heartbeat> {
                 memory_total_bytes: 2,
                 temperature_c: None,
                 power_w: None,
+                source: None,
             }],
             downgrade: None,
+            backends: Default::default(),
         })
         .collect()
 }

@@ -20,7 +20,7 @@ pub mod tts;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use ainern2d_contract::Execution;
+pub use ainern2d_contract::{BackendStatus, Execution};
 use ainern2d_contract::{DowngradeProfile, Job, JobKind};
 pub use tokio_util::sync::CancellationToken;
 
@@ -100,6 +100,12 @@ pub trait Pipeline: Send + Sync {
     /// Loads what the pipeline keeps warm (the manifest's `warm` models) before the worker reports ready.
     fn warm_up(&self) -> Result<(), PipelineError> {
         Ok(())
+    }
+    /// Asks the server the pipeline runs on (ComfyUI) how it is: the worker calls this on a blocking thread
+    /// every few seconds, shows the answer in `/ready` and heartbeats, and takes none of this kind's jobs
+    /// while the server does not answer. In-process pipelines have no server and say `None`.
+    fn probe(&self) -> Option<BackendStatus> {
+        None
     }
     /// Runs the job to completion on the calling (blocking) thread. Must return promptly with
     /// [`PipelineErrorKind::Cancelled`] once `cancel` fires.

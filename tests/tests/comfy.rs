@@ -14,7 +14,7 @@ use ainern2d_pipelines::comfy::{ComfyConfig, ComfyPipeline, prompt_id};
 use ainern2d_pipelines::{
     CancellationToken, Pipeline, PipelineError, PipelineErrorKind, ProgressSink, RunOutput, RunRequest,
 };
-use ainern2d_tests::comfy::{At, Behaviour, Failure, FakeComfy, OutputFile, Reject, View};
+use ainern2d_tests::comfy::{At, Behaviour, Device, Failure, FakeComfy, OutputFile, Reject, View};
 use ainern2d_tests::{ffprobe, test_clip};
 
 fn repo() -> PathBuf {
@@ -246,4 +246,103 @@ async fn an_oversized_output_is_refused() {
     let (k, m) = kind(&run(&p, job("big", params("empty-video")), CancellationToken::new()).await);
     assert_eq!(k, PipelineErrorKind::Permanent, "{m}");
     assert!(m.contains("max_output_mb"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_job_at_once_when_comfyui_is_wedged() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = std::sync::Arc::new(fake_with(dir.path(), Duration::from_millis(300)).await);
+    let p = ComfyPipeline::new(config(&fake)).unwrap();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let id = prompt_id("wedged", 1);
+    let wedger = fake.clone();
+    let killer = tokio::spawn(async move {
+        while wedger.running().as_deref() != Some(id.as_str()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut b = wedger.behaviour();
+        b.wedged = true;
+        wedger.set_behaviour(b);
+        // Long enough for the watchdog (silence_s = 2) to be in the middle of asking the wedged server.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        trigger.cancel();
+        std::time::Instant::now()
+    });
+    let mut params = params("wan-i2v");
+    params["steps"] = 40.into();
+    let r = run(&p, job("wedged", params), cancel).await;
+    assert!(killer.is_finished(), "the job ended before it was cancelled: {:?}", r.result);
+    let cancelled_at = killer.await.unwrap();
+    let (k, m) = kind(&r);
+    assert_eq!(k, PipelineErrorKind::Cancelled, "{m}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(3), "cancel took {:?}", cancelled_at.elapsed());
+}
+
+/// A fake whose one GPU is `used_pct` full.
+fn gpu_at(fake: &FakeComfy, used_pct: u64) {
+    let total = 80 * 1024 * 1024 * 1024u64;
+    let mut b = fake.behaviour();
+    b.device = Device::Cuda {
+        name: "cuda:0 NVIDIA H100 : cudaMallocAsync".into(),
+        vram_total: total,
+        vram_free: total / 100 * (100 - used_pct),
+        torch_vram_total: 0,
+        torch_vram_free: 0,
+    };
+    fake.set_behaviour(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_freed_above_the_threshold_every_n_prompts_and_after_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_with(dir.path(), Duration::ZERO).await;
+    let mut c = config(&fake);
+    c.free_above_pct = Some(90);
+    let p = ComfyPipeline::new(c).unwrap();
+    gpu_at(&fake, 50);
+    run(&p, job("cool", params("empty-video")), CancellationToken::new()).await.result.unwrap();
+    assert_eq!(fake.frees(), 0, "50 % full is under the threshold");
+    gpu_at(&fake, 95);
+    run(&p, job("hot", params("empty-video")), CancellationToken::new()).await.result.unwrap();
+    assert_eq!(fake.frees(), 1, "95 % full is over it");
+    // Out of memory frees whatever the config says, so the retry does not meet the same leftovers.
+    let mut b = fake.behaviour();
+    b.fail = Some(Failure::oom(At::new("11", 1)));
+    fake.set_behaviour(b);
+    let p = ComfyPipeline::new(config(&fake)).unwrap();
+    let (k, _) = kind(&run(&p, job("oom", params("wan-i2v")), CancellationToken::new()).await);
+    assert_eq!((k, fake.frees()), (PipelineErrorKind::OutOfMemory, 2));
+    // Every 2 prompts.
+    let mut b = fake.behaviour();
+    b.fail = None;
+    fake.set_behaviour(b);
+    let mut c = config(&fake);
+    c.free_every = 2;
+    let p = ComfyPipeline::new(c).unwrap();
+    for i in 0..4 {
+        run(&p, job(&format!("n{i}"), params("empty-video")), CancellationToken::new()).await.result.unwrap();
+    }
+    assert_eq!(fake.frees(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_reports_version_and_device_memory_or_why_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_with(dir.path(), Duration::ZERO).await;
+    gpu_at(&fake, 25);
+    let p = ComfyPipeline::new(config(&fake)).unwrap();
+    let probe = p.clone();
+    let s = tokio::task::spawn_blocking(move || probe.probe()).await.unwrap().expect("ComfyUI has a server to probe");
+    assert!(s.reachable && s.error.is_none(), "{s:?}");
+    assert_eq!(s.backend, "comfyui");
+    assert!(s.version.is_some(), "{s:?}");
+    assert_eq!(s.devices.len(), 1);
+    let d = &s.devices[0];
+    assert_eq!((d.kind.as_str(), d.index), ("cuda", 0));
+    assert_eq!(d.vram_free_bytes, d.vram_total_bytes / 100 * 75);
+    drop(fake);
+    let s = tokio::task::spawn_blocking(move || p.probe()).await.unwrap().unwrap();
+    assert!(!s.reachable, "{s:?}");
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("/system_stats")), "{s:?}");
 }

@@ -8,18 +8,22 @@ use std::time::Duration;
 
 use ainern2d_contract::{ControlCommand, EventStatus, JobKind};
 use ainern2d_pipelines::comfy::prompt_id;
-use ainern2d_tests::comfy::{Behaviour, FakeComfy, OutputFile};
+use ainern2d_tests::comfy::{Behaviour, Device, FakeComfy, OutputFile};
 use ainern2d_tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A fake whose SaveVideo nodes write a 2 s, 12 fps, 320×240 H.264 clip.
-async fn fake(dir: &Path, step_delay: Duration) -> FakeComfy {
+/// What the fakes of these tests do: SaveVideo nodes write a 2 s, 12 fps, 320×240 H.264 clip.
+fn behaviour(dir: &Path, step_delay: Duration) -> Behaviour {
     let clip = test_clip(dir);
     let mut b = Behaviour { step_delay, ..Behaviour::default() };
     b.outputs.insert("3".into(), OutputFile::path(&clip));
     b.outputs.insert("14".into(), OutputFile::path(&clip));
-    FakeComfy::start(b).await
+    b
+}
+
+async fn fake(dir: &Path, step_delay: Duration) -> FakeComfy {
+    FakeComfy::start(behaviour(dir, step_delay)).await
 }
 
 /// The model-free example template, and `sampled`: a KSampler whose steps take time (for cancelling).
@@ -149,5 +153,97 @@ async fn the_daemon_serves_video_through_comfyui_and_cancel_interrupts_that_prom
     s.control(&id, ControlCommand::Cancel { job_id: "stop".into() }).await;
     assert_eq!(tap.terminal("stop", T).await.status, EventStatus::Cancelled);
     assert_eq!(fake.interrupts(), [Some(stop.clone())]);
+    s.cleanup().await;
+}
+
+async fn ready(port: u16) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Polls `/ready` until `pred` holds.
+async fn ready_until(port: u16, what: &str, pred: impl Fn(u16, &serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (status, body) = ready(port).await;
+        if pred(status, &body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: /ready says {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_comfyui_does_not_answer_the_worker_is_unready_and_leaves_video_jobs_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut b = behaviour(dir.path(), Duration::ZERO);
+    b.device = Device::h200();
+    let fake = FakeComfy::start_on(addr, b.clone()).await;
+    let s = Bed::new("comfyup").await;
+    let beats = events_queue(&s.channel, &s.prefix, "worker.heartbeat.#").await;
+    let extra = format!(
+        "[jobs]\nkinds = [\"video\"]\n[jobs.backends]\nvideo = \"comfyui\"\n\
+         [comfyui]\nurl = \"{}\"\ntemplates = \"{}\"\n",
+        fake.url(),
+        repo_root().join("examples/comfyui").display()
+    );
+    let w = s.worker(&extra).await;
+    // Up: ComfyUI's version and device in /ready; its VRAM in heartbeats (this machine has no NVML).
+    let body =
+        ready_until(w.http_port, "ComfyUI probed", |st, b| st == 200 && b["backends"]["video"].is_object()).await;
+    let video = &body["backends"]["video"];
+    assert_eq!((video["backend"].as_str(), video["reachable"].as_bool()), (Some("comfyui"), Some(true)), "{body}");
+    assert_eq!(video["devices"][0]["kind"], "cuda", "{body}");
+    assert_eq!(body["components"]["backends"]["video"], "ok", "{body}");
+    let deadline = std::time::Instant::now() + T;
+    let beat = loop {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat with ComfyUI in it\n{}", w.logs());
+        let got =
+            s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
+        match got {
+            Some(m) => {
+                let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();
+                if beat.backends.contains_key("video") {
+                    break beat;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(beat.backends["video"].reachable);
+    let gpu = &beat.gpus[0];
+    assert_eq!(gpu.source.as_deref(), Some("comfyui"));
+    assert_eq!(gpu.memory_total_bytes, 150_110_011_392);
+    assert_eq!(gpu.memory_used_bytes, 150_110_011_392 - 149_480_406_016);
+    // Down: unready within a few probes, the gauge at 0, and a video job stays in its queue.
+    drop(fake);
+    let body = ready_until(w.http_port, "ComfyUI down", |st, b| {
+        st == 503 && b["components"]["backends"]["video"].as_str().is_some_and(|v| v.starts_with("down:"))
+    })
+    .await;
+    assert_eq!(body["backends"]["video"]["reachable"], false, "{body}");
+    let metrics =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", w.http_port)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ainern2d_worker_backend_up{kind=\"video\"} 0"), "{metrics}");
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    s.submit_with(
+        JobKind::Video,
+        "waits",
+        serde_json::json!({"prompt": "a lighthouse", "width": 320, "height": 240,
+        "fps": 12, "duration_s": 2.0, "workflow": "empty-video"}),
+    )
+    .await;
+    let queue = format!("{}.jobs.video", s.prefix);
+    wait_queue_len(&s.channel, &queue, 1, T).await;
+    tap.drain_for(Duration::from_secs(2)).await;
+    assert_eq!(queue_len(&s.channel, &queue).await, 1, "the job stays queued for a worker that can run it");
+    assert!(tap.seen.iter().all(|e| e.job_id != "waits"), "no event for the waiting job: {:?}", tap.seen);
+    // Back: the worker takes the job and runs it.
+    let _back = FakeComfy::start_on(addr, b).await;
+    let event = tap.terminal("waits", T).await;
+    assert_eq!(event.status, EventStatus::Succeeded, "{event:?}\n{}", w.logs());
+    ready_until(w.http_port, "ComfyUI back", |st, _| st == 200).await;
     s.cleanup().await;
 }

@@ -122,6 +122,12 @@ async fn a_killed_comfyui_fails_its_prompt_at_once_and_is_restarted_for_the_next
     assert!(e.message.contains("SIGKILL"), "{e:?}");
     until("the restarted child", Duration::from_secs(10), || sup.pid().is_some_and(|p| p != pid)).await;
     assert_eq!(sup.restarts(), 1);
+    // The probe (in `/ready` and heartbeats) tells the operator.
+    let probe = p.clone();
+    let status = tokio::task::spawn_blocking(move || probe.probe()).await.unwrap().unwrap();
+    let process = status.process.expect("a supervised ComfyUI shows its process");
+    assert_eq!((process.restarts, process.pid), (1, sup.pid()));
+    assert!(process.last_exit.as_deref().is_some_and(|e| e.contains("SIGKILL")), "{process:?}");
     let next = run(p.clone(), job("next", 3), Stages::default()).await;
     let out = next.result.as_ref().expect("the next job runs");
     assert_eq!(ffprobe(&out.artifacts[0].path)["streams"][0]["codec_name"], "h264");

@@ -214,3 +214,38 @@ async fn unfinished_jobs_are_enqueued_again_after_the_process_was_killed() {
     app.signal("TERM");
     assert_eq!(app.wait_exit(Duration::from_secs(30)).await, 0, "{}", app.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_mode_runs_video_jobs_through_comfyui_when_configured() {
+    use ainern2d_tests::comfy::{Behaviour, FakeComfy, OutputFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = ainern2d_tests::test_clip(tmp.path());
+    let mut b = Behaviour::default();
+    b.outputs.insert("3".into(), OutputFile::path(&clip));
+    let fake = FakeComfy::start(b).await;
+    let config = tmp.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jobs.backends]\nvideo = \"comfyui\"\n[comfyui]\nurl = \"{}\"\ntemplates = \"{}\"\n",
+            fake.url(),
+            repo_root().join("examples/comfyui").display()
+        ),
+    )
+    .unwrap();
+    let mut app = Standalone::start(tmp.path(), &[("AINERN2D_WORKER_CONFIG", config.to_str().unwrap())]);
+    app.wait_ready().await;
+    let r = app.submit(&example("video", "local-comfy")).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let job = app.wait_status("local-comfy", "succeeded", Duration::from_secs(90)).await;
+    let names: Vec<&str> = job["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["video.mp4", "thumbnail.jpg"], "{job}");
+    let o = &job["outputs"][0];
+    let path = app.dir.join("outputs").join(o["bucket"].as_str().unwrap()).join(o["key"].as_str().unwrap());
+    assert_eq!(ainern2d_tests::ffprobe(&path)["streams"][0]["codec_name"], "h264");
+    let sent = fake.prompts();
+    assert_eq!(sent.len(), 1, "one prompt for one job");
+    assert_eq!(sent[0]["prompt_id"], ainern2d_pipelines::comfy::prompt_id("local-comfy", 1));
+    app.signal("TERM");
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, 0, "{}", app.logs());
+}

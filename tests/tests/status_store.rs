@@ -120,6 +120,7 @@ fn heartbeat(worker: &str, t: i64, kinds: &[&str]) -> Heartbeat {
         models_loaded: vec!["mock".into()],
         gpus: Vec::new(),
         downgrade: None,
+        backends: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Heartbeats with GPU telemetry from NVML. No NVML (no GPU, no driver, a Mac) means no GPU fields, not an
-//! error.
+//! Heartbeats with GPU telemetry from NVML, and what the servers pipelines run on (ComfyUI) last said of
+//! themselves. No NVML (no GPU, no driver, a Mac) means the GPU memory ComfyUI reports, if any, or no GPU
+//! fields; not an error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ impl Gpus {
                     memory_total_bytes: memory.total,
                     temperature_c: d.temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu).ok(),
                     power_w: d.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+                    source: None,
                 })
             })
             .collect()
@@ -74,8 +76,13 @@ pub fn build(shared: &Shared) -> Heartbeat {
             .as_ref()
             .map(|m| m.cache.resident().into_iter().map(|r| r.name).collect())
             .unwrap_or_default(),
-        gpus: shared.gpus.stats(),
+        gpus: {
+            // Without NVML, ComfyUI's view of the GPU is better than none (its memory, not its load).
+            let nvml = shared.gpus.stats();
+            if nvml.is_empty() { shared.backends.gpus() } else { nvml }
+        },
         downgrade: shared.downgrade().map(|d| d.name),
+        backends: shared.backends.statuses().into_iter().map(|(k, s)| (k.as_str().to_string(), s)).collect(),
     }
 }
 

@@ -37,7 +37,9 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let state = shared.state();
     let outcomes = shared.outcome_trouble();
     let accepting = matches!(state, ainern2d_contract::WorkerState::Ready);
-    let ok = broker && store && accepting && outcomes.is_none();
+    let backends = shared.backends.statuses();
+    let backends_ok = backends.keys().all(|k| *shared.backends.watch_up(*k).borrow());
+    let ok = broker && store && accepting && backends_ok && outcomes.is_none();
     let word = |b: bool| if b { "ok" } else { "down" };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unavailable" },
@@ -52,7 +54,17 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "outcomes": outcomes.unwrap_or_else(|| "ok".into()),
             "store": word(store),
             "pipelines": shared.pipelines.iter().map(|(k, p)| (k.as_str(), p.backend())).collect::<std::collections::BTreeMap<_, _>>(),
+            "backends": backends.iter().map(|(k, s)| {
+                let up = *shared.backends.watch_up(*k).borrow();
+                let word = match (&s.error, up) {
+                    (None, _) => "ok".to_string(),
+                    (Some(e), true) => format!("not answering (once): {e}"),
+                    (Some(e), false) => format!("down: {e}"),
+                };
+                (k.as_str(), word)
+            }).collect::<std::collections::BTreeMap<_, _>>(),
         },
+        "backends": backends.iter().map(|(k, s)| (k.as_str(), s)).collect::<std::collections::BTreeMap<_, _>>(),
     });
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

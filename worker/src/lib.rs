@@ -5,6 +5,7 @@
 //! the artifact store through `store::ArtifactStore` (S3 or a local directory); pipelines see local files,
 //! the contract sees bytes. Only this crate knows aws-sdk-s3.
 
+pub mod backends;
 pub mod broker;
 pub mod config;
 pub mod control;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub slots: BTreeMap<JobKind, slots::Slots>,
     pub metrics: Metrics,
     pub gpus: heartbeat::Gpus,
+    /// What the servers pipelines run on (ComfyUI) said when last probed.
+    pub backends: backends::Backends,
     broker_connected: AtomicBool,
     store_ready: AtomicBool,
     state: AtomicU8,
@@ -119,6 +122,7 @@ impl Shared {
             .map(|k| Ok((*k, models::pipeline(&config, *k, models.as_ref())?)))
             .collect::<anyhow::Result<_>>()?;
         let slots = config.jobs.kinds.iter().map(|k| (*k, slots::Slots::new(config.slots(*k)))).collect();
+        let backends = backends::Backends::new(&config.jobs.kinds);
         let scratch = scratch::ScratchRoot::open(&config.scratch_dir)
             .map_err(|e| anyhow::anyhow!("cannot create scratch_dir {}: {e}", config.scratch_dir.display()))?;
         Ok(Arc::new(Shared {
@@ -132,6 +136,7 @@ impl Shared {
             slots,
             metrics,
             gpus,
+            backends,
             broker_connected: AtomicBool::new(false),
             store_ready: AtomicBool::new(false),
             state: AtomicU8::new(0),
@@ -245,7 +250,10 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
     });
     let result = match warm_up(&shared, &shutdown).await {
         Ok(()) if shutdown.is_cancelled() => Ok(()),
-        Ok(()) => runner::run(shared.clone(), shutdown).await,
+        Ok(()) => {
+            tokio::spawn(backends::run(shared.clone(), shutdown.clone()));
+            runner::run(shared.clone(), shutdown).await
+        }
         Err(e) => Err(e),
     };
     http_stop.cancel();

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub retries: Family<KindLabel, Counter>,
     pub upload_bytes: Family<KindLabel, Counter>,
     pub broker_connected: Gauge,
+    pub backend_up: Family<KindLabel, Gauge>,
     pub reconnects: Counter,
     pub consumer_resubscribes: Counter,
     pub outcome_failures: Counter,
@@ -54,6 +55,7 @@ impl Metrics {
         let retries = Family::<KindLabel, Counter>::default();
         let upload_bytes = Family::<KindLabel, Counter>::default();
         let broker_connected = Gauge::default();
+        let backend_up = Family::<KindLabel, Gauge>::default();
         let reconnects = Counter::default();
         let consumer_resubscribes = Counter::default();
         let outcome_failures = Counter::default();
@@ -73,6 +75,11 @@ impl Metrics {
         registry.register("retries", "Jobs sent to a retry queue", retries.clone());
         registry.register("upload_bytes", "Bytes uploaded to the artifact store", upload_bytes.clone());
         registry.register("broker_connected", "1 while the broker connection is up", broker_connected.clone());
+        registry.register(
+            "backend_up",
+            "1 while the server a kind's pipeline runs on (ComfyUI) answers; absent for in-process pipelines",
+            backend_up.clone(),
+        );
         registry.register("broker_reconnects", "Broker connections re-established", reconnects.clone());
         registry.register(
             "consumer_resubscribes",
@@ -98,6 +105,7 @@ impl Metrics {
             retries,
             upload_bytes,
             broker_connected,
+            backend_up,
             reconnects,
             consumer_resubscribes,
             outcome_failures,

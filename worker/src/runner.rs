@@ -195,11 +195,14 @@ async fn consume(
     let queue = shared.topology.job_queue(kind);
     let mut generation = 0u32;
     let mut accepting = shared.accepting.subscribe();
+    let mut backend_up = shared.backends.watch_up(kind);
     loop {
-        // Cordoned or draining: hold no subscription until told otherwise.
-        while !*accepting.borrow_and_update() {
+        // Cordoned or draining, or the kind's server (ComfyUI) not answering: hold no subscription until
+        // that changes.
+        while !(*accepting.borrow_and_update() && *backend_up.borrow_and_update()) {
             tokio::select! {
                 _ = accepting.changed() => {}
+                Ok(()) = backend_up.changed() => {}
                 _ = stop.cancelled() => return,
                 _ = lost.cancelled() => return,
             }
@@ -220,6 +223,12 @@ async fn consume(
                 _ = lost.cancelled() => return,
                 _ = accepting.changed() => {
                     if !*accepting.borrow() {
+                        let _ = subscription.cancel().await;
+                        break false;
+                    }
+                }
+                Ok(()) = backend_up.changed() => {
+                    if !*backend_up.borrow() {
                         let _ = subscription.cancel().await;
                         break false;
                     }

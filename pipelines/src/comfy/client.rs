@@ -97,12 +97,25 @@ pub struct SystemInfo {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DeviceStats {
     pub name: String,
+    #[serde(default)]
+    pub index: Option<u32>,
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
     pub vram_total: u64,
     #[serde(default)]
     pub vram_free: u64,
+}
+
+impl SystemStats {
+    /// The device whose memory is fullest, and how full (percent used), among those that report a total.
+    pub fn fullest_device(&self) -> Option<(&DeviceStats, f64)> {
+        self.devices
+            .iter()
+            .filter(|d| d.vram_total > 0 && d.kind != "cpu")
+            .map(|d| (d, 100.0 * d.vram_total.saturating_sub(d.vram_free) as f64 / d.vram_total as f64))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
 }
 
 /// One ComfyUI server, seen by one WebSocket client id.
@@ -142,10 +155,14 @@ impl Client {
     }
 
     async fn get_json(&self, path: &str) -> Result<Value, PipelineError> {
+        self.get_json_within(path, Duration::from_secs(30)).await
+    }
+
+    async fn get_json_within(&self, path: &str, timeout: Duration) -> Result<Value, PipelineError> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| unreachable(&self.base, path, e))?;
@@ -175,7 +192,12 @@ impl Client {
     }
 
     pub async fn system_stats(&self) -> Result<SystemStats, PipelineError> {
-        let v = self.get_json("/system_stats").await?;
+        self.system_stats_within(Duration::from_secs(30)).await
+    }
+
+    /// `/system_stats` with a time limit of its own (probes must not wait 30 s for a wedged server).
+    pub async fn system_stats_within(&self, timeout: Duration) -> Result<SystemStats, PipelineError> {
+        let v = self.get_json_within("/system_stats", timeout).await?;
         serde_json::from_value(v).map_err(|e| unreachable(&self.base, "/system_stats", e))
     }
 

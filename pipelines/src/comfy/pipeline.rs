@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ainern2d_contract::{Job, JobKind, JobSpec};
+use ainern2d_contract::{BackendDevice, BackendProcess, BackendStatus, Job, JobKind, JobSpec};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ use super::normalize::{self, Normalized};
 use super::supervise::Supervisor;
 use super::template::{Fill, Templates};
 use super::watch::{self, Limits};
-use crate::error::PipelineError;
+use crate::error::{PipelineError, PipelineErrorKind};
 use crate::{Artifact, Execution, Pipeline, ProgressSink, RunOutput, RunRequest};
 
 /// The namespace of prompt ids: `uuid5(NAMESPACE, "<job_id>/<attempt>")`.
@@ -41,6 +41,7 @@ pub struct ComfyPipeline {
     templates: Arc<Templates>,
     /// Prompts run since the last `POST /free`.
     since_free: Arc<AtomicU32>,
+
     /// Templates the server's `/object_info` rules out, and why (found at warm-up).
     unavailable: Arc<Mutex<BTreeMap<String, String>>>,
     client_id: String,
@@ -136,12 +137,13 @@ impl ComfyPipeline {
         let report = |fraction: f32, class: &str| progress.progress((0.05 + 0.85 * fraction).min(0.9), class, None);
         let prompt = watch::run_prompt(&client, &filled.prompt, &id, limits, &report, cancel);
         // A supervised ComfyUI that dies takes the prompt with it: fail now, not after the watchdog's silence.
-        let entry = match self.supervisor.as_ref().map(Supervisor::life) {
-            None => prompt.await?,
-            Some(life) => life.guard(&id, prompt).await?,
+        let ran = match self.supervisor.as_ref().map(Supervisor::life) {
+            None => prompt.await,
+            Some(life) => life.guard(&id, prompt).await,
         };
-        let entry = outcome(entry, cancel)?;
-        self.after_prompt(&client).await;
+        let ran = ran.and_then(|entry| outcome(entry, cancel));
+        self.after_prompt(&client, ran.as_ref().err()).await;
+        let entry = ran?;
         let files = entry.files_of(&template.output);
         if files.is_empty() {
             return Err(PipelineError::permanent(format!(
@@ -172,15 +174,35 @@ impl ComfyPipeline {
         Ok((normalized, template.name.clone()))
     }
 
-    /// Counts the prompt and frees ComfyUI's memory every `free_every` prompts (a failure is only logged).
-    async fn after_prompt(&self, client: &Client) {
+    /// Frees ComfyUI's memory (`POST /free`) after a prompt when there is reason to: every `free_every`
+    /// prompts, when a device is fuller than `free_above_pct`, and always after an out-of-memory failure (its
+    /// retry should not meet the same leftovers). A failure to free is only logged.
+    async fn after_prompt(&self, client: &Client, failed: Option<&PipelineError>) {
         let every = self.config.free_every;
-        if every == 0 || self.since_free.fetch_add(1, Ordering::SeqCst) + 1 < every {
-            return;
-        }
+        let count = self.since_free.fetch_add(1, Ordering::SeqCst) + 1;
+        let reason = if failed.is_some_and(|e| e.kind == PipelineErrorKind::OutOfMemory) {
+            Some("the prompt ran out of memory".to_string())
+        } else if every > 0 && count >= every {
+            Some(format!("{count} prompts since the last free"))
+        } else if let Some(limit) = self.config.free_above_pct {
+            match client.system_stats_within(Duration::from_secs(5)).await {
+                Ok(stats) => stats
+                    .fullest_device()
+                    .filter(|(_, pct)| *pct > f64::from(limit))
+                    .map(|(d, pct)| format!("{} is {pct:.0} % full (limit {limit} %)", d.name)),
+                Err(e) => {
+                    tracing::debug!("no memory figures from ComfyUI after the prompt: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(reason) = reason else { return };
         self.since_free.store(0, Ordering::SeqCst);
-        if let Err(e) = client.free().await {
-            tracing::warn!("ComfyUI /free failed: {e}");
+        match client.free().await {
+            Ok(()) => tracing::info!("asked ComfyUI to free its memory: {reason}"),
+            Err(e) => tracing::warn!("ComfyUI /free failed ({reason}): {e}"),
         }
     }
 }
@@ -246,6 +268,39 @@ impl Pipeline for ComfyPipeline {
             *self.unavailable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = unavailable;
             Ok(())
         })
+    }
+
+    /// `/system_stats` within 5 s: the version, RAM and each device's memory, or why it did not answer.
+    fn probe(&self) -> Option<BackendStatus> {
+        let mut status =
+            BackendStatus { backend: "comfyui".into(), url: self.config.url.clone(), ..BackendStatus::default() };
+        match block_on(async { self.client()?.system_stats_within(Duration::from_secs(5)).await }) {
+            Ok(stats) => {
+                status.reachable = true;
+                status.version = stats.system.comfyui_version;
+                status.ram_total_bytes = stats.system.ram_total;
+                status.ram_free_bytes = stats.system.ram_free;
+                status.devices = stats
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| BackendDevice {
+                        index: d.index.unwrap_or(i as u32),
+                        name: d.name.clone(),
+                        kind: d.kind.clone(),
+                        vram_total_bytes: d.vram_total,
+                        vram_free_bytes: d.vram_free,
+                    })
+                    .collect();
+            }
+            Err(e) => status.error = Some(e.message),
+        }
+        status.process = self.supervisor.as_ref().map(|sup| BackendProcess {
+            pid: sup.pid(),
+            restarts: sup.restarts(),
+            last_exit: sup.last_exit(),
+        });
+        Some(status)
     }
 
     fn run(

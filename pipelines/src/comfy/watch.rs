@@ -175,6 +175,34 @@ pub async fn run_prompt(
     progress: &(dyn Fn(f32, &str) + Sync),
     cancel: &CancellationToken,
 ) -> Result<HistoryEntry, PipelineError> {
+    // Cancel wins over whatever the follower awaits, a request to a wedged server included.
+    tokio::select! {
+        r = follow(client, prompt, prompt_id, limits, progress, cancel) => r,
+        () = cancel.cancelled() => {
+            stop_prompt(client, prompt_id).await;
+            Err(PipelineError::cancelled())
+        }
+    }
+}
+
+/// Interrupts the prompt and takes it off the queue, giving ComfyUI 2 s to answer: the job ends
+/// either way, and an unreachable or wedged ComfyUI only means the prompt may run on unseen (logged).
+async fn stop_prompt(client: &Client, prompt_id: &str) {
+    match tokio::time::timeout(Duration::from_secs(2), client.cancel(prompt_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(prompt_id, "could not cancel the ComfyUI prompt: {e}"),
+        Err(_) => tracing::warn!(prompt_id, "could not cancel the ComfyUI prompt: no answer within 2 s"),
+    }
+}
+
+async fn follow(
+    client: &Client,
+    prompt: &Value,
+    prompt_id: &str,
+    limits: Limits,
+    progress: &(dyn Fn(f32, &str) + Sync),
+    cancel: &CancellationToken,
+) -> Result<HistoryEntry, PipelineError> {
     let deadline = Instant::now() + limits.timeout;
     let mut ws = connect(client).await?;
     match client.history(prompt_id).await? {
@@ -191,23 +219,14 @@ pub async fn run_prompt(
     loop {
         let now = Instant::now();
         if now >= deadline {
-            let _ = client.cancel(prompt_id).await;
+            stop_prompt(client, prompt_id).await;
             return Err(PipelineError::permanent(format!(
                 "ComfyUI prompt {prompt_id} ran past comfyui.prompt_timeout_s ({} s) and was cancelled",
                 limits.timeout.as_secs()
             )));
         }
         let wait = limits.silence.min(deadline - now);
-        let next = tokio::select! {
-            () = cancel.cancelled() => {
-                // Cancelled either way; an unreachable ComfyUI only means the prompt may finish unseen.
-                if let Err(e) = client.cancel(prompt_id).await {
-                    tracing::warn!(prompt_id, "could not cancel the ComfyUI prompt: {e}");
-                }
-                return Err(PipelineError::cancelled());
-            }
-            m = tokio::time::timeout(wait, ws.next()) => m,
-        };
+        let next = tokio::time::timeout(wait, ws.next()).await;
         let message = match next {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(_)) | None) | Err(_) => {

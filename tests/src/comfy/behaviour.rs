@@ -179,4 +179,7 @@ pub struct Behaviour {
     pub outputs: HashMap<String, OutputFile>,
     pub view: View,
     pub device: Device,
+    /// A wedged server (its event loop blocked, or the process stopped): HTTP requests are accepted and
+    /// never answered, WebSockets stay open and silent.
+    pub wedged: bool,
 }

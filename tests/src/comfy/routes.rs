@@ -37,7 +37,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/object_info", get(object_info_all))
         .route("/object_info/{class}", get(object_info_one))
         .route("/ws", get(ws::handler));
-    Router::new().nest("/api", api.clone()).merge(api).fallback(not_found).with_state(shared)
+    let wedge = axum::middleware::from_fn_with_state(shared.clone(), wedge);
+    Router::new().nest("/api", api.clone()).merge(api).fallback(not_found).layer(wedge).with_state(shared)
+}
+
+/// `Behaviour::wedged`: hold every request until the server is unwedged.
+async fn wedge(Extract(shared): S, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    while shared.lock().behaviour.wedged {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    next.run(request).await
 }
 
 /// `web.json_response`: Python's JSON text.

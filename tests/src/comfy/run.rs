@@ -273,6 +273,10 @@ impl<'a> Run<'a> {
             if !delay.is_zero() && node.class_type != "VHS_VideoCombine" {
                 tokio::time::sleep(delay).await;
             }
+            // A wedged server sends nothing more until unwedged.
+            while self.lock()?.behaviour.wedged {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             {
                 let mut st = self.lock()?;
                 self.check_interrupt(&mut st, node)?;

@@ -115,6 +115,7 @@ pub fn heartbeat(worker: &str, sent_at: chrono::DateTime<chrono::Utc>) -> Heartb
         models_loaded: Vec::new(),
         gpus: Vec::new(),
         downgrade: None,
+        backends: Default::default(),
     }
 }
 
@@ -133,6 +134,7 @@ impl Setup {
                 memory_total_bytes: 2,
                 temperature_c: None,
                 power_w: None,
+                source: None,
             }];
             self.publish(&format!("worker.heartbeat.{worker}"), &serde_json::to_vec(&hb).unwrap()).await;
         }
