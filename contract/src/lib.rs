@@ -19,7 +19,9 @@ pub mod topology;
 pub use control::{CONTROL_SCHEMA, Control, ControlCommand, DowngradeProfile};
 pub use error::{ContractError, ErrorCode};
 pub use event::{EVENT_SCHEMA, ErrorInfo, Event, EventStatus, Execution, OutputObject, Progress};
-pub use heartbeat::{BackendDevice, BackendProcess, BackendStatus, GpuStats, HEARTBEAT_SCHEMA, Heartbeat, SlotUsage, WorkerState};
+pub use heartbeat::{
+    BackendDevice, BackendProcess, BackendStatus, GpuStats, HEARTBEAT_SCHEMA, Heartbeat, SlotUsage, WorkerState,
+};
 pub use job::{
     AudioFormat, AudioParams, InputRef, JOB_SCHEMA, Job, JobKind, JobSpec, LipsyncParams, LlmParams, OutputLocation,
     Speaker, VideoParams, parse_job,
