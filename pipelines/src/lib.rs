@@ -107,6 +107,9 @@ pub trait Pipeline: Send + Sync {
     fn probe(&self) -> Option<BackendStatus> {
         None
     }
+    /// Stops what the pipeline started (a supervised ComfyUI) once the worker has finished its last job.
+    /// Called on a blocking thread; may wait.
+    fn shutdown(&self) {}
     /// Runs the job to completion on the calling (blocking) thread. Must return promptly with
     /// [`PipelineErrorKind::Cancelled`] once `cancel` fires.
     fn run(

@@ -247,3 +247,42 @@ async fn while_comfyui_does_not_answer_the_worker_is_unready_and_leaves_video_jo
     ready_until(w.http_port, "ComfyUI back", |st, _| st == 200).await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supervised_comfyui_serves_the_daemon_and_is_stopped_with_it() {
+    let port = free_port();
+    let s = Bed::new("comfysup").await;
+    let extra = format!(
+        "[jobs]\nkinds = [\"video\"]\n[jobs.backends]\nvideo = \"comfyui\"\n\
+         [comfyui]\nurl = \"http://127.0.0.1:{port}\"\ntemplates = \"{}\"\n\
+         command = [\"{}\", \"--listen\", \"127.0.0.1:{port}\", \"--stop-delay-ms\", \"1500\"]\n",
+        repo_root().join("examples/comfyui").display(),
+        env!("CARGO_BIN_EXE_fake-comfyui"),
+    );
+    let mut w = s.worker(&extra).await;
+    let body = ready_until(w.http_port, "the child probed", |st, b| {
+        st == 200 && b["backends"]["video"]["process"]["pid"].is_u64()
+    })
+    .await;
+    let pid = body["backends"]["video"]["process"]["pid"].as_u64().unwrap();
+    assert_eq!(body["backends"]["video"]["process"]["restarts"], 0, "{body}");
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    s.submit_with(
+        JobKind::Video,
+        "sup",
+        serde_json::json!({"prompt": "a lighthouse", "width": 320, "height": 240, "fps": 12, "duration_s": 2.0,
+            "workflow": "empty-video"}),
+    )
+    .await;
+    let event = tap.terminal("sup", T).await;
+    assert_eq!(event.status, EventStatus::Succeeded, "{event:?}\n{}", w.logs());
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(T).await, 0, "{}", w.logs());
+    let logs = w.logs();
+    assert!(
+        logs.contains("fake ComfyUI stopping on SIGTERM"),
+        "the child was stopped and given its time, not killed:\n{logs}"
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the child {pid} outlived the worker");
+    s.cleanup().await;
+}

@@ -252,7 +252,11 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
         Ok(()) if shutdown.is_cancelled() => Ok(()),
         Ok(()) => {
             tokio::spawn(backends::run(shared.clone(), shutdown.clone()));
-            runner::run(shared.clone(), shutdown).await
+            let result = runner::run(shared.clone(), shutdown).await;
+            // The last job is done: stop what pipelines started (a supervised ComfyUI) while probes answer.
+            let pipelines: Vec<_> = shared.pipelines.values().cloned().collect();
+            let _ = tokio::task::spawn_blocking(move || pipelines.iter().for_each(|p| p.shutdown())).await;
+            result
         }
         Err(e) => Err(e),
     };

@@ -270,6 +270,13 @@ impl Pipeline for ComfyPipeline {
         })
     }
 
+    /// Stops a supervised ComfyUI: SIGTERM, SIGKILL after 10 s.
+    fn shutdown(&self) {
+        if let Some(sup) = &self.supervisor {
+            sup.stop();
+        }
+    }
+
     /// `/system_stats` within 5 s: the version, RAM and each device's memory, or why it did not answer.
     fn probe(&self) -> Option<BackendStatus> {
         let mut status =
