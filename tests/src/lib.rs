@@ -439,6 +439,31 @@ pub async fn wait_queue_len(channel: &Channel, queue: &str, n: u32, within: Dura
     }
 }
 
+/// The first heartbeat in `queue` (see [`events_queue`]) that `pred` accepts, taken within `within`;
+/// `logs` explains a timeout.
+pub async fn heartbeat_until(
+    channel: &Channel,
+    queue: &str,
+    within: Duration,
+    what: &str,
+    logs: impl Fn() -> String,
+    pred: impl Fn(&ainern2d_contract::Heartbeat) -> bool,
+) -> ainern2d_contract::Heartbeat {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(Instant::now() < deadline, "no heartbeat {what} within {within:?}\n{}", logs());
+        match channel.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap() {
+            Some(m) => {
+                let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();
+                if pred(&beat) {
+                    return beat;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Publishes a control command to one worker (`worker.<id>`) or all (`worker.all`).
 pub async fn send_control(channel: &Channel, prefix: &str, target: &str, command: ainern2d_contract::ControlCommand) {
     let control = ainern2d_contract::Control {

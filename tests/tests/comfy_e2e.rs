@@ -197,21 +197,9 @@ async fn while_comfyui_does_not_answer_the_worker_is_unready_and_leaves_video_jo
     assert_eq!((video["backend"].as_str(), video["reachable"].as_bool()), (Some("comfyui"), Some(true)), "{body}");
     assert_eq!(video["devices"][0]["kind"], "cuda", "{body}");
     assert_eq!(body["components"]["backends"]["video"], "ok", "{body}");
-    let deadline = std::time::Instant::now() + T;
-    let beat = loop {
-        assert!(std::time::Instant::now() < deadline, "no heartbeat with ComfyUI in it\n{}", w.logs());
-        let got =
-            s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
-        match got {
-            Some(m) => {
-                let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();
-                if beat.backends.contains_key("video") {
-                    break beat;
-                }
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let beat =
+        heartbeat_until(&s.channel, &beats, T, "with ComfyUI in it", || w.logs(), |b| b.backends.contains_key("video"))
+            .await;
     assert!(beat.backends["video"].reachable);
     let gpu = &beat.gpus[0];
     assert_eq!(gpu.source.as_deref(), Some("comfyui"));

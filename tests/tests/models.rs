@@ -118,21 +118,7 @@ tokenizer = "tiny/tokenizer.json"
     let cached = dir.path().join("cache").join(&good_sha).join("tiny-llama.gguf");
     assert_eq!(sha256(&cached), good_sha);
     // Heartbeats list the loaded models.
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        assert!(std::time::Instant::now() < deadline, "no heartbeat names the warm model\n{}", w.logs());
-        let got =
-            s.channel.basic_get(beats.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
-        match got {
-            Some(m) => {
-                let beat: ainern2d_contract::Heartbeat = serde_json::from_slice(&m.delivery.data).unwrap();
-                if beat.models_loaded == ["good"] {
-                    break;
-                }
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    heartbeat_until(&s.channel, &beats, T, "names the warm model", || w.logs(), |b| b.models_loaded == ["good"]).await;
 
     let mut tap = EventTap::new(&s.channel, &s.prefix).await;
     let params =
