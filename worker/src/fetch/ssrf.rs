@@ -111,6 +111,12 @@ impl UrlPolicy {
         if !self.allowed(&host) {
             return Err(format!("host `{host}` is not in fetch.allowed_hosts"));
         }
+        // RFC 6761: `localhost` and every name under it are loopback, whatever a resolver says or fails to
+        // say (`localhost.` may not resolve here and resolve through DNS elsewhere).
+        let name = host.trim_end_matches('.');
+        if (name == "localhost" || name.ends_with(".localhost")) && !self.trusted(&host) {
+            return Err(format!("host `{host}` is a loopback name"));
+        }
         if let Ok(ip) = host.parse::<IpAddr>()
             && !is_public(ip)
             && !self.trusted(&host)

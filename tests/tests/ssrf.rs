@@ -1,0 +1,136 @@
+//! The SSRF corpus: every way of writing a loopback, private or otherwise internal address that URL
+//! parsers accept (decimal, octal and hex IPv4, short forms, percent-encoding, full-width digits, IPv4-mapped,
+//! -compatible and NAT64 IPv6, trailing dots, names that resolve to loopback), and schemes that are not
+//! HTTP(S). The real `Fetcher` is given each one while a listener on 127.0.0.1 counts connections: every
+//! URL must be refused as a permanent error, and the listener must see nothing. A positive control
+//! (the same listener as a trusted host) proves the counter counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ainern2d_worker::config::FetchConfig;
+use ainern2d_worker::fetch::{FetchError, Fetcher};
+
+/// A listener on 127.0.0.1 that answers `200 ok` and counts the connections it accepted.
+async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+fn corpus(p: u16) -> Vec<String> {
+    let loopback = [
+        "127.0.0.1",
+        "2130706433",          // decimal
+        "017700000001",        // octal, whole
+        "0x7f000001",          // hex, whole
+        "0x7f.0.0.1",          // hex first octet
+        "0177.0.0.1",          // octal first octet
+        "0177.0000.0000.0001", // octal, padded
+        "127.000.000.001",
+        "127.1",   // short form
+        "127.0.1", // short form
+        "0x7f.1",
+        "127.0.0.1.",                                          // trailing dot
+        "%31%32%37.0.0.1",                                     // percent-encoded
+        "\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}", // full-width digits (IDNA maps them)
+        "127.255.255.254",
+        "0", // 0.0.0.0, which Linux connects to locally
+        "0.0.0.0",
+        "0x0",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]",
+        "[::]",
+        "[::ffff:127.0.0.1]", // IPv4-mapped
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::127.0.0.1]",        // IPv4-compatible (deprecated)
+        "[64:ff9b::127.0.0.1]", // well-known NAT64
+        "[64:ff9b::7f00:1]",
+        "[64:ff9b:1::7f00:1]", // local-use NAT64
+        "localhost",           // a name that resolves to loopback
+        "LOCALHOST",
+        "localhost.",
+        "app.localhost", // RFC 6761: every name under localhost is loopback
+    ];
+    let mut urls: Vec<String> = loopback.iter().map(|h| format!("http://{h}:{p}/input.png")).collect();
+    for scheme in ["HTTP", "https", "hTTp"] {
+        urls.push(format!("{scheme}://127.0.0.1:{p}/input.png"));
+    }
+    urls.push(format!("http://user:secret@example.com:{p}/")); // embedded credentials
+    urls.push(format!("http://127.0.0.1:{p}@127.0.0.1:{p}/")); // userinfo confusion
+    for other in [
+        "file:///etc/passwd".to_string(),
+        format!("gopher://127.0.0.1:{p}/_GET%20/"),
+        format!("ftp://127.0.0.1:{p}/x"),
+        format!("dict://127.0.0.1:{p}/info"),
+        format!("ldap://127.0.0.1:{p}/"),
+        format!("ws://127.0.0.1:{p}/"),
+        "data:text/plain,hello".to_string(),
+        "jar:file:///x.jar!/y".to_string(),
+        "netdoc:///etc/passwd".to_string(),
+    ] {
+        urls.push(other);
+    }
+    // Internal addresses that are not this listener: refused just the same (nothing listens there to count).
+    for internal in [
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.0.1",
+        "169.254.169.254", // cloud metadata
+        "[fd00:ec2::254]", // cloud metadata over IPv6
+        "100.64.0.1",
+        "198.18.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "[fe80::1]",
+        "[fc00::1]",
+        "[2002:7f00:1::]", // 6to4 of 127.0.0.1
+    ] {
+        urls.push(format!("http://{internal}:{p}/"));
+    }
+    urls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_url_of_the_corpus_is_refused_before_any_connection() {
+    let (port, accepted) = counting_listener().await;
+    let cfg = FetchConfig { allow_http: true, ..FetchConfig::default() };
+    let fetcher = Fetcher::new(&cfg, None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let urls = corpus(port);
+    assert_eq!(urls.len(), 58, "the README counts them");
+    let mut let_through = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let dest = dir.path().join(format!("in-{i}"));
+        match fetcher.fetch("image", url, &dest).await {
+            Err(e @ FetchError::Refused { .. }) => assert!(!e.is_retryable(), "{url}: {e}"),
+            other => let_through.push(format!("{url}: {other:?}")),
+        }
+        assert!(!dest.exists(), "{url}: something was written");
+    }
+    assert!(let_through.is_empty(), "not refused:\n{}", let_through.join("\n"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the listener was reached");
+
+    // The control: the same listener as a trusted host is reached, so the counter counts.
+    let trusted = FetchConfig { allow_http: true, trusted_hosts: vec!["127.0.0.1".into()], ..FetchConfig::default() };
+    let dest = dir.path().join("trusted");
+    let n = Fetcher::new(&trusted, None, None)
+        .fetch("image", &format!("http://127.0.0.1:{port}/input.png"), &dest)
+        .await
+        .unwrap();
+    assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));
+}
