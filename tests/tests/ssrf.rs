@@ -134,3 +134,73 @@ async fn every_url_of_the_corpus_is_refused_before_any_connection() {
         .unwrap();
     assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));
 }
+
+/// A trusted 127.0.0.1 server whose body never ends: chunks of `chunk` bytes every `every`, no length.
+/// Returns its port and how many body bytes it managed to send before the client hung up.
+async fn endless(chunk: usize, every: std::time::Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let count = sent.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ntransfer-encoding: chunked\r\n\r\n";
+                if sock.write_all(head).await.is_err() {
+                    return;
+                }
+                let body = vec![b'x'; chunk];
+                loop {
+                    let frame = [format!("{chunk:x}\r\n").as_bytes(), &body, b"\r\n"].concat();
+                    if sock.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                    count.fetch_add(chunk, Ordering::SeqCst);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_is_cut_at_the_byte_cap_and_a_slow_one_at_the_time_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = |max_bytes: u64, timeout_s: u64| FetchConfig {
+        allow_http: true,
+        trusted_hosts: vec!["127.0.0.1".into()],
+        max_bytes,
+        timeout_s,
+        ..FetchConfig::default()
+    };
+    // Fast and endless: cut just past 1 MiB.
+    let (port, sent) = endless(64 * 1024, std::time::Duration::ZERO).await;
+    let started = std::time::Instant::now();
+    let e = Fetcher::new(&trusted(1024 * 1024, 60), None, None)
+        .fetch("image", &format!("http://127.0.0.1:{port}/big.png"), &dir.path().join("big"))
+        .await
+        .expect_err("an endless body must not be accepted");
+    assert!(!e.is_retryable() && e.to_string().contains("fetch.max_bytes"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // What the server got out before the client hung up: the cap plus what the socket buffers held.
+    assert!(sent.load(Ordering::SeqCst) < 16 * 1024 * 1024, "{} bytes sent", sent.load(Ordering::SeqCst));
+    // Slow and endless (a byte a few times a second, under every cap): cut at the time limit.
+    let (port, _) = endless(1, std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let slow = Fetcher::new(&trusted(1024 * 1024, 1), None, None);
+    let (url, dest) = (format!("http://127.0.0.1:{port}/slow.png"), dir.path().join("slow"));
+    let fetch = slow.fetch("image", &url, &dest);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), fetch)
+        .await
+        .expect("the time cap did not cut the body")
+        .expect_err("a body that never ends must time out");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5), "{took:?}");
+}
