@@ -254,6 +254,7 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
             tokio::spawn(backends::run(shared.clone(), shutdown.clone()));
             let result = runner::run(shared.clone(), shutdown).await;
             // The last job is done: stop what pipelines started (a supervised ComfyUI) while probes answer.
+            tracing::debug!("stopping what the pipelines started");
             let pipelines: Vec<_> = shared.pipelines.values().cloned().collect();
             let _ = tokio::task::spawn_blocking(move || pipelines.iter().for_each(|p| p.shutdown())).await;
             result
@@ -261,7 +262,11 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
         Err(e) => Err(e),
     };
     http_stop.cancel();
-    let _ = http.await;
+    // A client holding a request open must not keep the worker from exiting.
+    if tokio::time::timeout(Duration::from_secs(5), http).await.is_err() {
+        tracing::warn!("the probe server did not stop within 5 s");
+    }
+    tracing::debug!("probes stopped; exiting");
     result
 }
 

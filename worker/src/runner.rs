@@ -153,7 +153,10 @@ async fn run_session(
                 let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
             }
             shared.set_state(WorkerState::Drained);
-            crate::heartbeat::send(shared, &publisher).await;
+            // The exit must not wait on a broker that does not answer: the last heartbeat is a courtesy.
+            if tokio::time::timeout(Duration::from_secs(2), crate::heartbeat::send(shared, &publisher)).await.is_err() {
+                tracing::warn!("the drained heartbeat was not sent within 2 s");
+            }
             SessionEnd::Shutdown
         }
         _ = lost.cancelled() => {
@@ -168,7 +171,12 @@ async fn run_session(
     shared.broker_up(false);
     heartbeat.abort();
     control.abort();
-    session.close().await;
+    // Unsettled deliveries go back to their queues when the connection drops, answered close or not.
+    if tokio::time::timeout(Duration::from_secs(5), session.close()).await.is_err() {
+        tracing::warn!("the broker did not answer the session's close within 5 s; dropping the connection");
+    } else {
+        tracing::debug!("broker session closed");
+    }
     end
 }
 
