@@ -1,15 +1,18 @@
 //! The SSRF corpus: every way of writing a loopback, private or otherwise internal address that URL
 //! parsers accept (decimal, octal and hex IPv4, short forms, percent-encoding, full-width digits, IPv4-mapped,
-//! -compatible and NAT64 IPv6, trailing dots, names that resolve to loopback), and schemes that are not
-//! HTTP(S). The real `Fetcher` is given each one while a listener on 127.0.0.1 counts connections: every
-//! URL must be refused as a permanent error, and the listener must see nothing. A positive control
-//! (the same listener as a trusted host) proves the counter counts.
+//! -compatible and NAT64 IPv6, trailing dots, names that resolve to loopback), schemes that are not
+//! HTTP(S), and names that a test resolver answers with internal addresses. The real `Fetcher` is given
+//! each one while a listener on 127.0.0.1 counts connections: every URL must be refused as a permanent
+//! error, and the listener must see nothing. Positive controls (the same listener as a trusted host)
+//! prove the counter counts.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ainern2d_worker::config::FetchConfig;
-use ainern2d_worker::fetch::{FetchError, Fetcher};
+use ainern2d_worker::fetch::{FetchError, Fetcher, HostResolver, Resolution};
 
 /// A listener on 127.0.0.1 that answers `200 ok` and counts the connections it accepted.
 async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
@@ -130,6 +133,132 @@ async fn every_url_of_the_corpus_is_refused_before_any_connection() {
     let dest = dir.path().join("trusted");
     let n = Fetcher::new(&trusted, None, None)
         .fetch("image", &format!("http://127.0.0.1:{port}/input.png"), &dest)
+        .await
+        .unwrap();
+    assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));
+}
+
+/// Answers each lookup the way a hostile or misconfigured DNS server might. `origin.test` is the stand-in
+/// for a public server (trusted in the tests that use it, the only way a loopback server can play one);
+/// `rebind.example` answers another internal address on every lookup. Names without an entry do not
+/// resolve, so nothing leaves the machine. Every name asked is recorded.
+struct TestResolver {
+    names: HashMap<&'static str, Vec<IpAddr>>,
+    rebinds: AtomicUsize,
+    asked: Mutex<Vec<String>>,
+}
+
+const REBIND: [&str; 3] = ["127.0.0.1", "10.0.0.5", "::1"];
+
+impl TestResolver {
+    fn new() -> Arc<Self> {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let names = [
+            ("origin.test", vec![ip("127.0.0.1")]),
+            ("internal.example", vec![ip("127.0.0.1")]),
+            ("ten.example", vec![ip("10.0.0.5")]),
+            ("metadata.example", vec![ip("169.254.169.254")]),
+            ("loopback6.example", vec![ip("::1")]),
+            ("mapped.example", vec![ip("::ffff:127.0.0.1")]),
+            ("nat64.example", vec![ip("64:ff9b::7f00:1")]),
+            ("ula.example", vec![ip("fd00::1")]),
+            ("zero.example", vec![ip("0.0.0.0")]),
+            ("shared.example", vec![ip("100.64.0.1")]),
+            ("linklocal6.example", vec![ip("fe80::1")]),
+            // One public address and one private: the whole name is refused (not just the private
+            // address dropped), whichever comes first; the public one is never tried either.
+            ("mixed.example", vec![ip("93.184.216.34"), ip("127.0.0.1")]),
+            ("mixed-first.example", vec![ip("127.0.0.1"), ip("93.184.216.34")]),
+        ];
+        Arc::new(TestResolver {
+            names: names.into_iter().collect(),
+            rebinds: AtomicUsize::new(0),
+            asked: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl HostResolver for TestResolver {
+    fn resolve(&self, host: &str) -> Resolution {
+        self.asked.lock().unwrap().push(host.to_string());
+        let name = host.trim_end_matches('.');
+        let answer = if name == "rebind.example" {
+            let i = self.rebinds.fetch_add(1, Ordering::SeqCst);
+            Some(vec![REBIND[i % REBIND.len()].parse().unwrap()])
+        } else {
+            self.names.get(name).cloned()
+        };
+        let host = host.to_string();
+        Box::pin(async move {
+            answer.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: not in the test")))
+        })
+    }
+}
+
+/// Fetches every URL and returns those not refused as a permanent error whose message names what was
+/// refused (`expect`); nothing may be written.
+async fn refused_all(fetcher: &Fetcher, cases: &[(String, String)], dir: &std::path::Path) -> Vec<String> {
+    let mut let_through = Vec::new();
+    for (i, (url, expect)) in cases.iter().enumerate() {
+        let dest = dir.join(format!("case-{i}"));
+        match fetcher.fetch("image", url, &dest).await {
+            Err(e @ FetchError::Refused { .. }) if !e.is_retryable() && e.to_string().contains(expect.as_str()) => {}
+            other => let_through.push(format!("{url} (expected a refusal naming `{expect}`): {other:?}")),
+        }
+        assert!(!dest.exists(), "{url}: something was written");
+    }
+    let_through
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_resolve_to_internal_addresses_are_refused_after_resolution() {
+    let (port, accepted) = counting_listener().await;
+    let resolver = TestResolver::new();
+    let cfg = FetchConfig { allow_http: true, ..FetchConfig::default() };
+    let fetcher = Fetcher::with_resolver(&cfg, None, None, resolver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(String, String)> = [
+        ("internal.example", "127.0.0.1"),
+        ("INTERNAL.Example", "127.0.0.1"),
+        ("internal.example.", "127.0.0.1"),
+        ("ten.example", "10.0.0.5"),
+        ("metadata.example", "169.254.169.254"),
+        ("loopback6.example", "::1"),
+        ("mapped.example", "::ffff:127.0.0.1"),
+        ("nat64.example", "64:ff9b::7f00:1"),
+        ("ula.example", "fd00::1"),
+        ("zero.example", "0.0.0.0"),
+        ("shared.example", "100.64.0.1"),
+        ("linklocal6.example", "fe80::1"),
+        ("mixed.example", "127.0.0.1"),
+        ("mixed-first.example", "127.0.0.1"),
+        // The answer changes on every lookup; each one is judged, none is remembered as good.
+        ("rebind.example", REBIND[0]),
+        ("rebind.example", REBIND[1]),
+        ("rebind.example", REBIND[2]),
+    ]
+    .into_iter()
+    .map(|(host, ip)| (format!("http://{host}:{port}/input.png"), format!("resolves to {ip}")))
+    .collect();
+    cases.push((format!("https://internal.example:{port}/input.png"), "resolves to 127.0.0.1".into()));
+    assert_eq!(cases.len(), 18, "the README counts them");
+    let let_through = refused_all(&fetcher, &cases, dir.path()).await;
+    assert!(let_through.is_empty(), "not refused:\n{}", let_through.join("\n"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the listener was reached");
+    // Refused after resolution: the resolver was asked every time, the rebinding name three times.
+    let asked = resolver.asked();
+    assert_eq!(asked.len(), cases.len(), "{asked:?}");
+    assert_eq!(asked.iter().filter(|h| *h == "rebind.example").count(), 3, "{asked:?}");
+
+    // The control: a trusted name that the test resolver points at the listener reaches it, so the
+    // connection goes where the resolver said.
+    let trusted = FetchConfig { trusted_hosts: vec!["origin.test".into()], ..cfg };
+    let n = Fetcher::with_resolver(&trusted, None, None, resolver.clone())
+        .fetch("image", &format!("http://origin.test:{port}/input.png"), &dir.path().join("trusted"))
         .await
         .unwrap();
     assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));

@@ -4,6 +4,7 @@
 //! `exec` mode. Error messages mask the credentials of presigned URLs (`redact.rs`).
 
 mod redact;
+mod resolve;
 mod ssrf;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 pub use redact::redact;
+use resolve::SystemResolver;
+pub use resolve::{HostResolver, Resolution};
 use ssrf::{GuardedResolver, Refusal};
 pub use ssrf::{UrlPolicy, is_public};
 
@@ -61,11 +64,22 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(cfg: &FetchConfig, store: Option<Arc<dyn ArtifactStore>>, local_base: Option<PathBuf>) -> Self {
+        Self::with_resolver(cfg, store, local_base, Arc::new(SystemResolver))
+    }
+
+    /// [`Fetcher::new`] with host names resolved by `resolver` instead of the system: for tests, whose names
+    /// answer what they need. The SSRF guard judges its answers as it judges the system's.
+    pub fn with_resolver(
+        cfg: &FetchConfig,
+        store: Option<Arc<dyn ArtifactStore>>,
+        local_base: Option<PathBuf>,
+        resolver: Arc<dyn HostResolver>,
+    ) -> Self {
         let policy = Arc::new(UrlPolicy::new(cfg));
         let redirect_policy = policy.clone();
         let max_redirects = cfg.max_redirects;
         let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone(), inner: resolver }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() > max_redirects {
                     return attempt.error(Refusal(format!("more than {max_redirects} redirects")));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use super::resolve::HostResolver;
 use crate::config::FetchConfig;
 
 /// Whether an address is one a job may make the worker connect to. Refused: everything IANA's
@@ -154,28 +155,32 @@ fn host_of(url: &reqwest::Url) -> Option<String> {
 #[error("{0}")]
 pub(super) struct Refusal(pub(super) String);
 
-/// Resolves through the system resolver and refuses a name if any of its addresses is not public, so a DNS
-/// answer cannot point the worker at internal services (the connection uses exactly the checked addresses).
-#[derive(Debug, Clone)]
+/// Resolves through a [`HostResolver`] (the system one in production) and refuses a name if any of its
+/// addresses is not public, so a DNS answer cannot point the worker at internal services. It runs when the
+/// connector needs the addresses, for the job's URL and for every redirect target, and the connection uses
+/// exactly the checked addresses: there is no earlier lookup whose answer a rebinding server could change.
+/// One private address among public ones refuses the whole name rather than dropping it: a name that
+/// answers so is not one to trust with the next lookup either.
 pub(super) struct GuardedResolver {
     pub(super) policy: Arc<UrlPolicy>,
+    pub(super) inner: Arc<dyn HostResolver>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let host = name.as_str().to_ascii_lowercase();
+        let lookup = self.inner.resolve(&host);
         Box::pin(async move {
-            let host = name.as_str().to_ascii_lowercase();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ips = lookup.await?;
             if !policy.trusted(&host)
-                && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
+                && let Some(bad) = ips.iter().find(|ip| !is_public(**ip))
             {
                 return Err(Box::new(Refusal(format!(
-                    "host `{host}` resolves to {}, a loopback, private, link-local or reserved address",
-                    bad.ip()
+                    "host `{host}` resolves to {bad}, a loopback, private, link-local or reserved address"
                 ))) as _);
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
         })
     }
 }
