@@ -1,10 +1,10 @@
 //! The SSRF corpus: every way of writing a loopback, private or otherwise internal address that URL
 //! parsers accept (decimal, octal and hex IPv4, short forms, percent-encoding, full-width digits, IPv4-mapped,
 //! -compatible and NAT64 IPv6, trailing dots, names that resolve to loopback), schemes that are not
-//! HTTP(S), and names that a test resolver answers with internal addresses. The real `Fetcher` is given
-//! each one while a listener on 127.0.0.1 counts connections: every URL must be refused as a permanent
-//! error, and the listener must see nothing. Positive controls (the same listener as a trusted host)
-//! prove the counter counts.
+//! HTTP(S), names that a test resolver answers with internal addresses, and redirects to all of these. The
+//! real `Fetcher` is given each one while a listener on 127.0.0.1 counts connections: every URL must be
+//! refused as a permanent error, and the listener must see nothing. Positive controls (the same listener
+//! as a trusted host, directly and at the end of a redirect chain) prove the counter counts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -261,6 +261,98 @@ async fn names_that_resolve_to_internal_addresses_are_refused_after_resolution()
         .fetch("image", &format!("http://origin.test:{port}/input.png"), &dir.path().join("trusted"))
         .await
         .unwrap();
+    assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));
+}
+
+/// A loopback server, reached as `origin.test`, that redirects: `/to/<status>/<i>` answers `<status>`
+/// with `Location: <targets[i]>`, `/chain/<k>/<n>` answers 302 to `/chain/<k+1>/<n>` and, at `k = n`, to
+/// the counting listener as `origin.test` (a redirect the policy allows). Counts the requests it answers.
+async fn redirecting_server(targets: Vec<String>, counting_port: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let targets = Arc::new(targets);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (targets, count) = (targets.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split(' ').nth(1).unwrap_or("/");
+                let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                let (status, location) = match parts[..] {
+                    ["to", status, i] => (status.to_string(), targets[i.parse::<usize>().unwrap()].clone()),
+                    ["chain", k, n] => {
+                        let (k, n) = (k.parse::<usize>().unwrap(), n.parse::<usize>().unwrap());
+                        let next = if k < n {
+                            format!("/chain/{}/{n}", k + 1)
+                        } else {
+                            format!("http://origin.test:{counting_port}/")
+                        };
+                        ("302".to_string(), next)
+                    }
+                    _ => ("404".to_string(), String::new()),
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let response = format!(
+                    "HTTP/1.1 {status} Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_redirect_target_is_checked_before_connecting() {
+    let (c, accepted) = counting_listener().await;
+    // Each target, and what the refusal must name.
+    let targets = [
+        (format!("http://127.0.0.1:{c}/"), "127.0.0.1"),
+        (format!("http://[::1]:{c}/"), "::1"),
+        ("http://169.254.169.254/latest/meta-data/".to_string(), "169.254.169.254"),
+        (format!("http://0x7f.1:{c}/"), "127.0.0.1"),
+        (format!("http://2130706433:{c}/"), "127.0.0.1"),
+        (format!("http://[::ffff:127.0.0.1]:{c}/"), "::ffff:127.0.0.1"),
+        (format!("http://[64:ff9b::7f00:1]:{c}/"), "64:ff9b::7f00:1"),
+        ("http://10.0.0.5/".to_string(), "10.0.0.5"),
+        (format!("//127.0.0.1:{c}/"), "127.0.0.1"), // scheme-relative
+        (format!("https://127.0.0.1:{c}/"), "127.0.0.1"),
+        (format!("http://localhost:{c}/"), "localhost"),
+        (format!("http://internal.example:{c}/"), "resolves to 127.0.0.1"), // through the test resolver
+        (format!("http://mixed.example:{c}/"), "resolves to 127.0.0.1"),
+        ("file:///etc/passwd".to_string(), "file:///etc/passwd"),
+        (format!("gopher://127.0.0.1:{c}/_GET%20/"), "gopher"),
+    ];
+    let (r, answered) = redirecting_server(targets.iter().map(|(t, _)| t.clone()).collect(), c).await;
+    let mut cases = Vec::new();
+    for status in [301, 302, 303, 307, 308] {
+        for (i, (_, expect)) in targets.iter().enumerate() {
+            cases.push((format!("http://origin.test:{r}/to/{status}/{i}"), expect.to_string()));
+        }
+    }
+    // One redirect more than fetch.max_redirects (5), whose last hop would reach the listener.
+    cases.push((format!("http://origin.test:{r}/chain/1/6"), "more than 5 redirects".into()));
+    assert_eq!(cases.len(), 76, "the README counts them");
+
+    let resolver = TestResolver::new();
+    let cfg = FetchConfig { allow_http: true, trusted_hosts: vec!["origin.test".into()], ..FetchConfig::default() };
+    assert_eq!(cfg.max_redirects, 5);
+    let fetcher = Fetcher::with_resolver(&cfg, None, None, resolver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let let_through = refused_all(&fetcher, &cases, dir.path()).await;
+    assert!(let_through.is_empty(), "not refused:\n{}", let_through.join("\n"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the listener was reached");
+    // The origin did answer every request (the redirects were issued): one per case, six in the chain.
+    assert_eq!(answered.load(Ordering::SeqCst), cases.len() - 1 + 6);
+
+    // The control: exactly fetch.max_redirects hops, the last to the listener as a trusted name, is followed.
+    let n =
+        fetcher.fetch("image", &format!("http://origin.test:{r}/chain/1/5"), &dir.path().join("chain")).await.unwrap();
     assert_eq!((n, accepted.load(Ordering::SeqCst)), (2, 1));
 }
 

@@ -1,7 +1,8 @@
 //! Fetching job inputs: `s3://` through the artifact store from the allowed buckets only, `https://` through
 //! reqwest with an SSRF guard (`ssrf.rs`: host allowlist, only globally reachable addresses, after DNS
-//! resolution and on every redirect), size and time limits. Relative paths are read only in the one-shot
-//! `exec` mode. Error messages mask the credentials of presigned URLs (`redact.rs`).
+//! resolution — `resolve.rs`, the system resolver or a test's — and on every redirect), size and time
+//! limits. Relative paths are read only in the one-shot `exec` mode. Error messages mask the credentials of
+//! presigned URLs (`redact.rs`).
 
 mod redact;
 mod resolve;
@@ -82,7 +83,8 @@ impl Fetcher {
             .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone(), inner: resolver }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() > max_redirects {
-                    return attempt.error(Refusal(format!("more than {max_redirects} redirects")));
+                    let reason = format!("more than {max_redirects} redirects (fetch.max_redirects)");
+                    return attempt.error(Refusal(reason));
                 }
                 match redirect_policy.check_redirect(attempt.previous(), attempt.url()) {
                     Ok(()) => attempt.follow(),
@@ -152,6 +154,19 @@ impl Fetcher {
         self.policy.check(&parsed).map_err(refused)?;
         let response = self.http.get(parsed).send().await.map_err(|e| classify(name, &e))?;
         let status = response.status();
+        // A redirect that reaches us is one the client did not follow because its target is not an
+        // http(s) URL it can represent (`file:///etc/passwd`): refused like every other redirect target
+        // (and named), not reported as an unavailable input.
+        if status.is_redirection()
+            && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+        {
+            let location = String::from_utf8_lossy(location.as_bytes());
+            let reason = match response.url().join(&location) {
+                Ok(next) => self.policy.check(&next).err().unwrap_or_else(|| "the HTTP client cannot follow it".into()),
+                Err(e) => format!("not a URL ({e})"),
+            };
+            return Err(refused(format!("redirect to {location} refused: {reason}")));
+        }
         if !status.is_success() {
             // 4xx other than 408/429 will not change on retry; 5xx and throttling might.
             let retryable = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
