@@ -8,6 +8,7 @@
 //! | `<p>.dlx` | fanout exchange | dead-letter exchange of the job queues |
 //! | `<p>.events` | topic exchange | `job.<kind>.<status>`, `worker.heartbeat.<id>` |
 //! | `<p>.control` | topic exchange | `worker.<id>`, `worker.all` |
+//! | `<p>.lease.<worker>.<uuid>` | durable queue, `x-message-ttl` = lease TTL, `x-expires` 3 × TTL, dead-letters to `<p>.jobs.<kind>` | a copy of a long job its worker holds (renewed as a new queue every third of the TTL) |
 
 use crate::job::JobKind;
 
@@ -20,6 +21,9 @@ pub const ERROR_CODE_HEADER: &str = "x-ainern2d-error-code";
 /// Header on a job message that may have been published before (an outbox relay, the local mode's
 /// restart): the worker looks for stored outputs before running it, as for a redelivery.
 pub const REPLAY_HEADER: &str = "x-ainern2d-replay";
+/// Header on the copy of a job a worker holds by a lease (the id of that worker): when the copy comes
+/// back to its job queue, its worker died or lost the broker, and the job may have run (or be running).
+pub const LEASE_HEADER: &str = "x-ainern2d-lease";
 /// Highest job priority (classic queues only on RabbitMQ 3.10).
 pub const MAX_PRIORITY: u8 = 9;
 
@@ -39,6 +43,11 @@ impl Topology {
 
     pub fn retry_queue(&self, kind: JobKind, level: usize) -> String {
         format!("{}.retry.{}.{}", self.prefix, kind, level)
+    }
+
+    /// A fresh lease queue of `worker_id` (`unique`: never reused, so no worker can touch another's copy).
+    pub fn lease_queue(&self, worker_id: &str, unique: &str) -> String {
+        format!("{}.lease.{worker_id}.{unique}", self.prefix)
     }
 
     pub fn dead_letter_queue(&self) -> String {

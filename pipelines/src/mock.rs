@@ -34,6 +34,9 @@ pub struct MockConfig {
     pub failure: FaultKind,
     /// Fraction of jobs that hang until cancelled.
     pub hang_rate: f64,
+    /// Fraction of jobs whose pipeline ignores its cancellation for `latency_ms` (a GPU call that cannot
+    /// be interrupted), then runs on as usual.
+    pub wedge_rate: f64,
     /// Fraction of jobs that abort the whole process mid-job (to test redelivery).
     pub crash_rate: f64,
     /// Faults only hit attempts up to this number (0 = every attempt): `1` makes a job fail once, then succeed.
@@ -49,6 +52,7 @@ impl Default for MockConfig {
             failure_rate: 0.0,
             failure: FaultKind::Retryable,
             hang_rate: 0.0,
+            wedge_rate: 0.0,
             crash_rate: 0.0,
             fault_attempts: 0,
             upload_delay_ms: 0,
@@ -58,9 +62,12 @@ impl Default for MockConfig {
 
 impl MockConfig {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in
-            [("failure_rate", self.failure_rate), ("hang_rate", self.hang_rate), ("crash_rate", self.crash_rate)]
-        {
+        for (name, v) in [
+            ("failure_rate", self.failure_rate),
+            ("hang_rate", self.hang_rate),
+            ("wedge_rate", self.wedge_rate),
+            ("crash_rate", self.crash_rate),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("mock.{name} must be between 0 and 1, got {v}"));
             }
@@ -131,6 +138,10 @@ impl MockPipeline {
         if roll(id, req.attempt, "crash") < c.crash_rate {
             tracing::error!(job_id = %id, "mock fault: aborting the process mid-job");
             std::process::abort();
+        }
+        if roll(id, req.attempt, "wedge") < c.wedge_rate {
+            tracing::warn!(job_id = %id, "mock fault: ignoring cancellation for {} ms", c.latency_ms);
+            std::thread::sleep(Duration::from_millis(c.latency_ms));
         }
         if roll(id, req.attempt, "hang") < c.hang_rate {
             tracing::warn!(job_id = %id, "mock fault: hanging until cancelled");

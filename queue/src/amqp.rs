@@ -248,6 +248,9 @@ impl Session for AmqpSession {
         if let Some(key) = &spec.dead_letter_routing_key {
             args.push(("x-dead-letter-routing-key", long(key)));
         }
+        if let Some(expires) = spec.expires_ms {
+            args.push(("x-expires", AMQPValue::LongLongInt(expires as i64)));
+        }
         let options = QueueDeclareOptions {
             durable: spec.durable,
             exclusive: spec.exclusive,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -69,6 +69,10 @@ type ReadyKey = (u8, u64);
 
 struct Queue {
     spec: QueueSpec,
+    /// Tells a re-declared queue of the same name from this one (for `expires_ms`).
+    id: u64,
+    /// Last declared, subscribed to or left by its last consumer (for `expires_ms`).
+    used: Instant,
     owner: Option<u64>,
     ready: BTreeMap<ReadyKey, Stored>,
     consumers: Vec<Consumer>,
@@ -306,6 +310,27 @@ fn expire(inner: &Arc<Inner>, queue: &str, key: ReadyKey) {
     after_enqueue(inner, placed);
 }
 
+/// Deletes queue `name` (this declaration of it, `id`) once it has gone unused for `expires`, as
+/// RabbitMQ's `x-expires` does: no consumer, no declaration.
+async fn expire_queue(inner: Weak<Inner>, name: String, id: u64, expires: Duration) {
+    let mut wait = expires;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut state = inner.lock();
+        let Some(q) = state.queues.get(&name).filter(|q| q.id == id) else { return };
+        let idle = q.used.elapsed();
+        wait = if !q.consumers.is_empty() {
+            expires
+        } else if idle >= expires {
+            delete(&mut state, &name);
+            return;
+        } else {
+            expires - idle
+        };
+    }
+}
+
 #[async_trait]
 impl Broker for EmbeddedBroker {
     async fn connect(&self, _name: &str) -> Result<Arc<dyn Session>> {
@@ -372,13 +397,23 @@ impl Session for EmbeddedSession {
         let mut state = self.inner.lock();
         let name = if spec.name.is_empty() { format!("amq.gen-{}", self.inner.id()) } else { spec.name.clone() };
         let spec = QueueSpec { name: name.clone(), ..spec.clone() };
-        if let Some(existing) = state.queues.get(&name) {
-            return if existing.spec == spec { Ok(name) } else { Err(QueueError::Mismatch(name)) };
+        if let Some(existing) = state.queues.get_mut(&name) {
+            if existing.spec != spec {
+                return Err(QueueError::Mismatch(name));
+            }
+            existing.used = Instant::now();
+            return Ok(name);
+        }
+        let id = self.inner.id();
+        if let Some(expires) = spec.expires_ms {
+            tokio::spawn(expire_queue(Arc::downgrade(&self.inner), name.clone(), id, Duration::from_millis(expires)));
         }
         state.queues.insert(
             name.clone(),
             Queue {
                 owner: spec.exclusive.then_some(self.id),
+                id,
+                used: Instant::now(),
                 spec,
                 ready: BTreeMap::new(),
                 consumers: Vec::new(),
@@ -416,7 +451,12 @@ impl Session for EmbeddedSession {
 
     async fn queue_depth(&self, queue: &str) -> Result<Option<u32>> {
         self.check_open()?;
-        Ok(self.inner.lock().queues.get(queue).map(|q| q.ready.len() as u32))
+        // A passive declaration on RabbitMQ: it renews `expires_ms` too.
+        let mut state = self.inner.lock();
+        Ok(state.queues.get_mut(queue).map(|q| {
+            q.used = Instant::now();
+            q.ready.len() as u32
+        }))
     }
 
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
@@ -448,7 +488,9 @@ impl Session for EmbeddedSession {
                 return Err(QueueError::NoQueue(queue.to_string()));
             }
             state.channels.insert(channel, Chan { prefetch, next_tag: 0, unacked: BTreeMap::new() });
-            state.queues.get_mut(queue).expect("checked").consumers.push(Consumer { channel, tx });
+            let q = state.queues.get_mut(queue).expect("checked");
+            q.consumers.push(Consumer { channel, tx });
+            q.used = Instant::now();
             state.dispatch(queue);
         }
         let guard = Arc::new(ChanGuard { inner: Arc::downgrade(&self.inner), channel });
@@ -498,7 +540,11 @@ impl Subscription for EmbeddedSubscription {
     async fn cancel(&mut self) -> Result<()> {
         let mut state = self.inner.lock();
         for q in state.queues.values_mut() {
+            let before = q.consumers.len();
             q.consumers.retain(|c| c.channel != self.channel);
+            if q.consumers.len() < before {
+                q.used = Instant::now();
+            }
         }
         drop(state);
         self.rx.close();

@@ -101,6 +101,9 @@ pub struct QueueSpec {
     pub dead_letter_exchange: Option<String>,
     /// The routing key of dead letters; the message's own key when unset.
     pub dead_letter_routing_key: Option<String>,
+    /// The queue is deleted once it has had no consumer and no declaration for this long (AMQP
+    /// `x-expires`), with whatever it still holds: give its messages a shorter TTL to dead-letter them first.
+    pub expires_ms: Option<u64>,
 }
 
 impl QueueSpec {
@@ -240,6 +243,7 @@ pub trait Session: Send + Sync {
     /// Deletes an exchange and its bindings. A missing exchange is fine.
     async fn delete_exchange(&self, exchange: &str) -> Result<()>;
     /// Messages ready in a queue (not counting deliveries not yet settled); `None` when it does not exist.
+    /// A passive declaration: it renews the queue's `expires_ms`.
     async fn queue_depth(&self, queue: &str) -> Result<Option<u32>>;
     /// Publishes and waits until the broker has taken responsibility for the message.
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()>;

@@ -516,22 +516,63 @@ pub fn small_params(kind: JobKind) -> serde_json::Value {
     }
 }
 
+/// The CLI that talks to a node this process started: Debian's `/usr/sbin/rabbitmqctl` switches to the
+/// `rabbitmq` user, whose Erlang cookie is not the one our nodes (started as this user) use.
+fn rabbitmqctl() -> &'static str {
+    ["/usr/lib/rabbitmq/bin/rabbitmqctl"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("rabbitmqctl")
+}
+
 /// A RabbitMQ node of its own on free ports, for tests that restart the broker (never the shared one).
 pub struct PrivateBroker {
     pub port: u16,
     pub node: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra `rabbitmq.conf` lines and an `advanced.config` term, if any.
+    conf: String,
+    advanced: Option<String>,
 }
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
+        Self::start_with("", None).await
+    }
+
+    /// A node with extra `rabbitmq.conf` lines and an `advanced.config` (Erlang terms), e.g. a short
+    /// `consumer_timeout` checked every second (`{rabbit, [{channel_tick_interval, 1000}]}`).
+    pub async fn start_with(conf: &str, advanced: Option<&str>) -> PrivateBroker {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let node = format!("ainern2d-test-{port}@localhost");
-        let mut broker = PrivateBroker { port, node, dir, child: None };
+        let mut broker = PrivateBroker {
+            port,
+            node,
+            dir,
+            child: None,
+            conf: conf.to_string(),
+            advanced: advanced.map(str::to_string),
+        };
         broker.boot().await;
         broker
+    }
+
+    /// `(name, ready messages, unacked messages)` of every queue, from `rabbitmqctl`.
+    pub fn queues(&self) -> Vec<(String, u64, u64)> {
+        let out = Command::new(rabbitmqctl())
+            .args(["-n", &self.node, "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(out.status.success(), "rabbitmqctl list_queues: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split_whitespace();
+                let name = cols.next()?.to_string();
+                let ready = cols.next()?.parse().ok()?;
+                let unacked = cols.next()?.parse().ok()?;
+                Some((name, ready, unacked))
+            })
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -542,9 +583,12 @@ impl PrivateBroker {
         let base = self.dir.path();
         std::fs::write(
             base.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = {}\nloopback_users = none\n", self.port),
+            format!("listeners.tcp.default = {}\nloopback_users = none\n{}\n", self.port, self.conf),
         )
         .unwrap();
+        if let Some(advanced) = &self.advanced {
+            std::fs::write(base.join("advanced.config"), advanced).unwrap();
+        }
         std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
         let server = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server"]
             .into_iter()
@@ -557,6 +601,7 @@ impl PrivateBroker {
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", free_port().to_string())
             .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", base.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", base.join("log"))
@@ -584,7 +629,7 @@ impl PrivateBroker {
     }
 
     pub fn stop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = Command::new(rabbitmqctl())
             .args(["-n", &self.node, "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -228,6 +228,31 @@ async fn ttl_dead_letters_to_the_target(mut bed: Bed) {
     bed.cleanup().await;
 }
 
+/// A queue nobody consumes from dead-letters its expired message on its own, then goes away after
+/// `expires_ms` (the worker's job leases rely on both); a queue with a consumer does not expire.
+async fn unused_queues_expire_after_their_messages(mut bed: Bed) {
+    let target = bed.queue(QueueSpec::durable(unique("target"))).await;
+    let lease = bed
+        .queue(QueueSpec {
+            message_ttl_ms: Some(300),
+            dead_letter_exchange: Some(String::new()),
+            dead_letter_routing_key: Some(target.clone()),
+            expires_ms: Some(1_200),
+            ..QueueSpec::durable(unique("lease"))
+        })
+        .await;
+    let kept = bed.queue(QueueSpec { expires_ms: Some(600), ..QueueSpec::durable(unique("kept")) }).await;
+    let _consumer = bed.session.subscribe(&kept, "k", 1).await.unwrap();
+    bed.publish("", &lease, "held").await;
+    depth_eventually(&bed.session, &target, 1).await;
+    // Asking for the depth is a (passive) declaration: it renews the expiry, so ask once, then wait.
+    assert_eq!(bed.session.queue_depth(&lease).await.unwrap(), Some(0), "the copy left the lease queue");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(bed.session.queue_depth(&lease).await.unwrap(), None, "{lease} was not deleted after going unused");
+    assert_eq!(bed.session.queue_depth(&kept).await.unwrap(), Some(0), "a consumed queue stays");
+    bed.cleanup().await;
+}
+
 async fn dropped_subscription_returns_unsettled(mut bed: Bed) {
     let q = bed.queue(QueueSpec::durable(unique("drop"))).await;
     for i in 0..3 {
@@ -421,6 +446,7 @@ conformance!(
     nack_requeue_redelivers,
     nack_dead_letters,
     ttl_dead_letters_to_the_target,
+    unused_queues_expire_after_their_messages,
     dropped_subscription_returns_unsettled,
     ack_multiple_settles_earlier,
     competing_consumers_share,

@@ -252,6 +252,24 @@ async fn sigterm_during_a_job_loses_nothing() {
     s.cleanup().await;
 }
 
+/// A pipeline thread that ignores its cancellation (a wedged GPU call) must not keep the process alive:
+/// the exit waits for it a bounded time (the runtime dropped as is would wait for it as long as it runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_that_ignores_its_cancellation_does_not_hold_up_the_exit() {
+    let s = Bed::new("wedged").await;
+    let mut tap = EventTap::new(&s.channel, &s.prefix).await;
+    let mut w = s.worker("[mock]\nlatency_ms = 90000\nwedge_rate = 1.0\n[shutdown]\ngrace_s = 1\n").await;
+    s.submit(JobKind::Llm, "wedged").await;
+    tap.wait_for(T, "running", |e| e.job_id == "wedged" && e.status == EventStatus::Running).await;
+    let signalled = Instant::now();
+    w.signal("TERM");
+    // grace 1 s + 10 s for the aborted jobs + 5 s for their threads, with room for a loaded machine.
+    assert_eq!(w.wait_exit(Duration::from_secs(30)).await, 0, "{}", w.logs());
+    assert!(signalled.elapsed() < Duration::from_secs(30));
+    assert_eq!(queue_len(&s.channel, &format!("{}.jobs.llm", s.prefix)).await, 1, "the job is back in its queue");
+    s.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_urls_are_refused_with_a_clear_error() {
     use axum::response::Redirect;

@@ -75,6 +75,15 @@ pub struct JobsConfig {
     /// Longest a job of a kind may run (inference and upload) when it names no earlier `deadline`; past
     /// it the job is cancelled and retried. Unset: no limit.
     pub max_runtime_s: BTreeMap<JobKind, u64>,
+    /// A job this worker has held for this long (waiting for a slot, running or uploading) is held by a
+    /// lease from then on: a copy in a lease queue of its own that dead-letters back to the job queue
+    /// after `lease_ttl_s` unless renewed, and the delivery is acked — so the broker's `consumer_timeout`
+    /// never fires on a long job. Keep it below the broker's `consumer_timeout`. 0: never (the broker's
+    /// `consumer_timeout` must then exceed the longest job).
+    pub lease_after_s: u64,
+    /// How soon a leased job comes back to its queue when its worker dies or loses the broker; renewed
+    /// every third of it.
+    pub lease_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -270,6 +279,8 @@ impl Default for JobsConfig {
             max_attempts: 3,
             retry_delays_ms: vec![1_000, 10_000, 60_000],
             max_runtime_s: BTreeMap::new(),
+            lease_after_s: 300,
+            lease_ttl_s: 60,
             backend: Backend::Mock,
             backends: BTreeMap::new(),
         }
@@ -429,6 +440,9 @@ impl Config {
         if let Some((kind, _)) = self.jobs.max_runtime_s.iter().find(|(_, s)| **s == 0) {
             return bad(&format!("jobs.max_runtime_s.{kind}"), "must be at least 1 (leave it out for no limit)");
         }
+        if self.jobs.lease_after_s > 0 && self.jobs.lease_ttl_s < 3 {
+            return bad("jobs.lease_ttl_s", "must be at least 3 (it is renewed every third of it)");
+        }
         if self.store.kind == StoreKind::S3 && self.store.bucket.is_empty() {
             return bad("store.bucket", "must be set");
         }
@@ -503,6 +517,7 @@ mod tests {
         let table = [
             ("[broker]\nurl = \"http://x\"", "broker.url"),
             ("[jobs]\nmax_attempts = 0", "jobs.max_attempts"),
+            ("[jobs]\nlease_ttl_s = 2", "jobs.lease_ttl_s"),
             ("[jobs.slots]\nvideo = 0", "jobs.slots.video"),
             ("[jobs]\nretry_delays_ms = []", "jobs.retry_delays_ms"),
             ("[jobs.max_runtime_s]\nvideo = 0", "jobs.max_runtime_s.video"),

@@ -65,8 +65,19 @@ enum ModelsCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long the exit waits for threads still running a pipeline (one that ignores its cancellation, or
+/// waits on the runtime that is shutting down) before the process ends without them.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let result = runtime.block_on(run());
+    // Dropping a runtime waits for every blocking thread, however long it takes: bound it.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config =
         Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;

@@ -24,6 +24,13 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    pub kind: String,
+    /// taken, renewed, released, failed
+    pub event: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub jobs: Family<OutcomeLabels, Counter>,
@@ -38,6 +45,8 @@ pub struct Metrics {
     pub consumer_resubscribes: Counter,
     pub outcome_failures: Counter,
     pub unroutable: Counter,
+    pub leases: Family<LeaseLabels, Counter>,
+    pub leased: Family<KindLabel, Gauge>,
 }
 
 impl Metrics {
@@ -60,6 +69,8 @@ impl Metrics {
         let consumer_resubscribes = Counter::default();
         let outcome_failures = Counter::default();
         let unroutable = Counter::default();
+        let leases = Family::<LeaseLabels, Counter>::default();
+        let leased = Family::<KindLabel, Gauge>::default();
         registry.register("jobs", "Jobs finished, by kind and outcome", jobs.clone());
         registry.register(
             "stage_duration_seconds",
@@ -96,6 +107,12 @@ impl Metrics {
             "Mandatory publishes (retry and dead-letter copies) that no queue took",
             unroutable.clone(),
         );
+        registry.register(
+            "leases",
+            "Job leases taken, renewed, released, and lease operations that failed (retried)",
+            leases.clone(),
+        );
+        registry.register("leased_jobs", "Jobs held by a lease (their deliveries settled)", leased.clone());
         Metrics {
             registry,
             jobs,
@@ -110,6 +127,8 @@ impl Metrics {
             consumer_resubscribes,
             outcome_failures,
             unroutable,
+            leases,
+            leased,
         }
     }
 
@@ -123,6 +142,10 @@ impl Metrics {
 
     pub fn outcome(&self, kind: &str, outcome: &str) {
         self.jobs.get_or_create(&OutcomeLabels { kind: kind.into(), outcome: outcome.into() }).inc();
+    }
+
+    pub fn lease(&self, kind: &str, event: &str) {
+        self.leases.get_or_create(&LeaseLabels { kind: kind.into(), event: event.into() }).inc();
     }
 
     pub fn render(&self) -> String {

@@ -195,33 +195,45 @@ async fn consume(
         let _ = lost_reason.set(why);
         lost.cancel();
     };
-    // Prefetch = slots in force + the upload overlap: the broker never hands this worker more than it can
-    // start, before or after a downgrade lowers the slots.
+    // Prefetch = slots in force + the upload overlap - jobs held by a lease (their deliveries are settled,
+    // but they are still this worker's): the broker never hands this worker more than it can start,
+    // before or after a downgrade lowers the slots. 0: no subscription until that changes.
     let overlap = shared.config.jobs.upload_overlap;
-    let prefetch_of = |slots: u32| (slots + overlap).min(u32::from(u16::MAX)) as u16;
-    let mut limit = shared.slots[&kind].watch_limit();
+    let prefetch_of =
+        |slots: u32, leased: u32| (slots + overlap).saturating_sub(leased).min(u32::from(u16::MAX)) as u16;
+    let slots = &shared.slots[&kind];
+    let mut limit = slots.watch_limit();
+    let mut leased = slots.watch_leased();
     let queue = shared.topology.job_queue(kind);
     let mut generation = 0u32;
     let mut accepting = shared.accepting.subscribe();
     let mut backend_up = shared.backends.watch_up(kind);
     loop {
-        // Cordoned or draining, or the kind's server (ComfyUI) not answering: hold no subscription until
-        // that changes.
-        while !(*accepting.borrow_and_update() && *backend_up.borrow_and_update()) {
+        // Cordoned or draining, the kind's server (ComfyUI) not answering, or every place taken by leased
+        // jobs: hold no subscription until that changes.
+        let prefetch = loop {
+            let (held, version) = *leased.borrow_and_update();
+            let prefetch = prefetch_of(*limit.borrow_and_update(), held);
+            if *accepting.borrow_and_update() && *backend_up.borrow_and_update() && prefetch > 0 {
+                break prefetch;
+            }
+            slots.reflect(version);
             tokio::select! {
                 _ = accepting.changed() => {}
                 Ok(()) = backend_up.changed() => {}
+                Ok(()) = leased.changed() => {}
+                Ok(()) = limit.changed() => {}
                 _ = stop.cancelled() => return,
                 _ = lost.cancelled() => return,
             }
-        }
+        };
         let tag = format!("{}.{kind}.{generation}", shared.config.worker_id);
         generation += 1;
-        let prefetch = prefetch_of(*limit.borrow_and_update());
         let mut subscription = match session.subscribe(&queue, &tag, prefetch).await {
             Ok(s) => s,
             Err(e) => return fail(format!("subscribing to {queue}: {e}")),
         };
+        slots.reflect(leased.borrow().1);
         let cancelled_by_broker = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
@@ -241,12 +253,20 @@ async fn consume(
                         break false;
                     }
                 }
-                Ok(()) = limit.changed() => {
-                    let prefetch = prefetch_of(*limit.borrow_and_update());
+                Ok(()) = changed(&mut limit, &mut leased) => {
+                    let (held, version) = *leased.borrow_and_update();
+                    let prefetch = prefetch_of(*limit.borrow_and_update(), held);
+                    if prefetch == 0 {
+                        let _ = subscription.cancel().await;
+                        slots.reflect(version);
+                        tracing::info!(%queue, leased = held, "every place is held by a leased job; not consuming");
+                        break false;
+                    }
                     if let Err(e) = subscription.set_prefetch(prefetch).await {
                         return fail(format!("changing the prefetch of {queue} to {prefetch}: {e}"));
                     }
-                    tracing::info!(%queue, prefetch, "prefetch follows the slots in force");
+                    slots.reflect(version);
+                    tracing::info!(%queue, prefetch, leased = held, "prefetch follows the slots in force and the leased jobs");
                 }
                 next = subscription.next() => match next {
                     Some(Ok(delivery)) => {
@@ -268,5 +288,16 @@ async fn consume(
             tracing::warn!(%queue, "the broker cancelled the consumer; re-subscribing");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Either watch changed (the slots in force or the leased jobs).
+async fn changed(
+    limit: &mut tokio::sync::watch::Receiver<u32>,
+    leased: &mut tokio::sync::watch::Receiver<(u32, u64)>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    tokio::select! {
+        r = limit.changed() => r,
+        r = leased.changed() => r,
     }
 }

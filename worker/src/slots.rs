@@ -1,6 +1,7 @@
 //! Inference slots of one kind: a semaphore whose size a downgrade profile can lower while jobs run. The
 //! limit is lowered by withholding permits as running jobs give them back (a running job is never
-//! interrupted to make room), and raised by returning them.
+//! interrupted to make room), and raised by returning them. It also counts the kind's jobs held by a
+//! lease (`job/lease.rs`): their deliveries are settled, so the consumer lowers its prefetch by them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,6 +13,10 @@ pub struct Slots {
     configured: u32,
     withheld: Arc<AtomicU32>,
     target: watch::Sender<u32>,
+    /// Jobs of this kind held by a lease, and a version bumped at every change.
+    leased: watch::Sender<(u32, u64)>,
+    /// The version of the leased count the consumer's prefetch reflects now.
+    reflected: watch::Sender<u64>,
 }
 
 impl Slots {
@@ -21,7 +26,56 @@ impl Slots {
         let withheld = Arc::new(AtomicU32::new(0));
         let (target, rx) = watch::channel(configured);
         tokio::spawn(govern(semaphore.clone(), configured, withheld.clone(), rx));
-        Slots { semaphore, configured, withheld, target }
+        Slots {
+            semaphore,
+            configured,
+            withheld,
+            target,
+            leased: watch::channel((0, 0)).0,
+            reflected: watch::channel(0).0,
+        }
+    }
+
+    /// One more job of this kind is held by a lease; returns the version of the count it made.
+    pub fn lease_taken(&self) -> u64 {
+        let mut version = 0;
+        self.leased.send_modify(|(n, v)| {
+            *n += 1;
+            *v += 1;
+            version = *v;
+        });
+        version
+    }
+
+    pub fn lease_released(&self) {
+        self.leased.send_modify(|(n, v)| {
+            *n = n.saturating_sub(1);
+            *v += 1;
+        });
+    }
+
+    pub fn leased(&self) -> u32 {
+        self.leased.borrow().0
+    }
+
+    /// Follows the leased count and its version (the consumer's prefetch is the slots and overlap less
+    /// the count).
+    pub fn watch_leased(&self) -> watch::Receiver<(u32, u64)> {
+        self.leased.subscribe()
+    }
+
+    /// The consumer says its prefetch (or the absence of a subscription) now reflects the leased count
+    /// of `version`.
+    pub fn reflect(&self, version: u64) {
+        self.reflected.send_replace(version);
+    }
+
+    /// Waits until the consumer's prefetch reflects the leased count of `version` or a later one, so that
+    /// settling a leased job's delivery does not let the broker hand out one more; false when that took
+    /// longer than `within`.
+    pub async fn reflected(&self, version: u64, within: std::time::Duration) -> bool {
+        let mut rx = self.reflected.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|v| *v >= version)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Sets the limit (clamped to 1..=configured); `None` restores the configured number.

@@ -1,6 +1,7 @@
 //! One delivery of a job, top to bottom, one file per stage:
 //!
-//! `receive` (give back, parse, validate) → `registry` (cancel reaches it from now on; one run of a job
+//! `receive` (give back, parse, validate) → `lease` (from `jobs.lease_after_s` on, a lease stands in for
+//! the delivery) → `registry` (cancel reaches it from now on; one run of a job
 //! at a time here) → `replay` (stored outputs of an earlier run?) → slot → `inputs` → `infer` → `upload`
 //! → `dispose` (the outcome's broker effects, and what to do when they fail).
 //!
@@ -11,6 +12,7 @@
 mod dispose;
 mod infer;
 mod inputs;
+mod lease;
 mod receive;
 pub mod registry;
 mod replay;
@@ -100,7 +102,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, delivery: Delivery) {
+pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, mut delivery: Delivery) {
     let received = Instant::now();
     let attempt = delivery.message.header_u32(ATTEMPT_HEADER).unwrap_or(1).max(1);
     let in_flight = shared.metrics.in_flight.get_or_create(&Metrics::kind(kind.as_str())).clone();
@@ -116,6 +118,8 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, deliver
         }
         receive::Received::Job(job) => *job,
     };
+    // Held longer than `jobs.lease_after_s`, the job is held by a lease instead of its delivery.
+    let _lease = lease::install(&shared, &ctx, kind, &mut delivery);
     let emitter = Emitter::new(
         ctx.publisher.clone(),
         shared.topology.events_exchange(),

@@ -1,11 +1,11 @@
-//! The replay check: a job that may have run before (a redelivery, a retry, a message republished by an
-//! outbox or by the local mode's restart) looks for the outputs of an earlier complete run. When every
+//! The replay check: a job that may have run before (a redelivery, a retry, a lapsed lease's copy, a
+//! message republished by an outbox or by the local mode's restart) looks for the outputs of an earlier complete run. When every
 //! expected object is stored with a well-formed checksum, that success is re-announced (same event id)
 //! instead of producing a second object or a conflicting event.
 
 use std::time::Duration;
 
-use ainern2d_contract::topology::REPLAY_HEADER;
+use ainern2d_contract::topology::{LEASE_HEADER, REPLAY_HEADER};
 use ainern2d_contract::{Job, OutputObject};
 use ainern2d_queue::Delivery;
 
@@ -13,7 +13,8 @@ use crate::Shared;
 
 /// Whether this delivery may follow an earlier run of the job.
 pub(super) fn may_have_run(delivery: &Delivery, attempt: u32) -> bool {
-    delivery.redelivered || attempt > 1 || delivery.message.headers.contains_key(REPLAY_HEADER)
+    let headers = &delivery.message.headers;
+    delivery.redelivered || attempt > 1 || headers.contains_key(REPLAY_HEADER) || headers.contains_key(LEASE_HEADER)
 }
 
 pub(super) async fn stored_outputs(

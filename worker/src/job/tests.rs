@@ -492,3 +492,136 @@ async fn a_downgrade_lowers_the_prefetch_with_the_slots() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), runner).await.expect("the runner stops").unwrap().unwrap();
 }
+
+fn leases(c: &mut Config) {
+    c.jobs.lease_after_s = 1;
+    c.jobs.lease_ttl_s = 3;
+}
+
+fn lease_events(shared: &Shared, event: &str) -> u64 {
+    let labels = crate::metrics::LeaseLabels { kind: "llm".into(), event: event.into() };
+    shared.metrics.leases.get_or_create(&labels).get()
+}
+
+fn leased(shared: &Arc<Shared>) -> impl Fn() -> u32 + use<> {
+    let shared = shared.clone();
+    move || shared.slots[&JobKind::Llm].leased()
+}
+
+async fn until(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_held_past_lease_after_is_acked_renewed_and_finishes_once_leaving_no_copy() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(5000), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
+    bed.submit("lease-1", &[]).await;
+    let d = bed.delivery().await;
+    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let slots = &bed.shared.slots[&JobKind::Llm];
+    // Without a runner here, nobody lowers a prefetch: the taker acks after waiting 2 s for that.
+    let faults = bed.faults.clone();
+    until("the delivery is acked for the lease", Duration::from_secs(4), || !faults.settled().is_empty()).await;
+    assert!(matches!(faults.settled()[..], [Settled::Ack { .. }]), "{:?}", faults.settled());
+    assert_eq!(slots.leased(), 1);
+    run.await.unwrap();
+    assert_eq!(slots.leased(), 0);
+    assert!(lease_events(&bed.shared, "renewed") >= 1, "renewed every second once taken (after 3 s)");
+    assert_eq!(lease_events(&bed.shared, "released"), 1);
+    assert_eq!(lease_events(&bed.shared, "failed"), 0);
+    // Every copy was deleted with its queue: none comes back once the TTL has passed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(bed.depth(&bed.shared.topology.job_queue(JobKind::Llm)).await, 0, "a lease copy came back");
+    let events = bed.events().await;
+    assert_eq!(
+        statuses(&events).iter().filter(|s| **s == EventStatus::Succeeded).count(),
+        1,
+        "{:?}",
+        statuses(&events)
+    );
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(bed.stored(), 1);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_brings_the_job_back_marked_for_the_replay_check() {
+    let slow = Arc::new(Slow { run_for: Duration::from_secs(30), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
+    bed.submit("lease-lapsed-1", &[]).await;
+    let d = bed.delivery().await;
+    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let slots = leased(&bed.shared);
+    until("the lease is taken", Duration::from_secs(3), || slots() == 1).await;
+    // The worker dies: nobody renews, and nothing settles the lease.
+    run.abort();
+    let again = bed.delivery().await;
+    assert!(!again.redelivered, "a dead-lettered copy, not a redelivery");
+    assert_eq!(
+        again.message.headers.get(ainern2d_contract::topology::LEASE_HEADER),
+        Some(&HeaderValue::Text("w-test".into()))
+    );
+    assert!(super::replay::may_have_run(&again, 1), "the copy goes through the replay check");
+    until("the lapsed lease is no longer counted", Duration::from_secs(2), || slots() == 0).await;
+    bed.ctx.abort.cancel();
+}
+
+#[tokio::test]
+async fn a_leased_job_returned_at_shutdown_comes_back_at_once_and_only_once() {
+    let slow = Arc::new(Slow { run_for: Duration::from_secs(30), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
+    bed.submit("lease-shutdown-1", &[]).await;
+    let d = bed.delivery().await;
+    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let slots = leased(&bed.shared);
+    until("the lease is taken", Duration::from_secs(3), || slots() == 1).await;
+    bed.ctx.abort.cancel();
+    run.await.unwrap();
+    let back = tokio::time::timeout(Duration::from_millis(500), bed.jobs.next())
+        .await
+        .expect("the copy is requeued at once, not when the lease runs out")
+        .unwrap()
+        .unwrap();
+    assert!(back.message.headers.contains_key(ainern2d_contract::topology::LEASE_HEADER));
+    assert_eq!(slots(), 0);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        bed.depth(&bed.shared.topology.job_queue(JobKind::Llm)).await,
+        0,
+        "the lease queue's copy came back too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_jobs_still_count_against_the_prefetch() {
+    let slow = Arc::new(Slow { run_for: Duration::from_secs(4), ..Default::default() });
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow.clone()),
+        tweak: |c| {
+            leases(c);
+            c.shutdown.grace_s = 1;
+        },
+        ..Default::default()
+    })
+    .await;
+    bed.jobs.cancel().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(crate::runner::run(bed.shared.clone(), shutdown.clone()));
+    for i in 0..5 {
+        bed.submit(&format!("lease-prefetch-{i}"), &[]).await;
+    }
+    let queue = bed.shared.topology.job_queue(JobKind::Llm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bed.depth(&queue).await, 3, "1 slot + 1 upload overlap = 2 held");
+    // Both held jobs are leased (their deliveries acked) and still only 2 are held.
+    let slots = leased(&bed.shared);
+    until("both held jobs are leased", Duration::from_secs(3), || slots() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bed.depth(&queue).await, 3, "acking a leased job's delivery let the broker hand out more");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), runner).await.expect("the runner stops").unwrap().unwrap();
+}
