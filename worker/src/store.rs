@@ -84,13 +84,15 @@ impl LocalStore {
         LocalStore { root: root.into() }
     }
 
-    fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
+    /// Where `bucket/key` lives, or a refusal for a path that would leave the root. Public (hidden) for the
+    /// `keys` fuzz target.
+    #[doc(hidden)]
+    pub fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
         // Keys come from validated jobs, but the store is a boundary: never let a key leave the root.
-        let safe = |s: &str| {
-            !s.is_empty()
-                && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".meta"))
-        };
-        if !safe(bucket) || bucket.contains('/') || !safe(key) {
+        let safe = |s: &str| !s.is_empty() && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        // The metadata tree is `<root>/.meta`, reached through the bucket only; below a bucket `.meta` is an
+        // ordinary name, and one a job's prefix may hold.
+        if !safe(bucket) || bucket.contains('/') || bucket.starts_with(".meta") || !safe(key) {
             return Err(StoreError::Rejected(format!("refusing unsafe object path {bucket}/{key}")));
         }
         Ok(self.root.join(bucket).join(key))
@@ -210,6 +212,22 @@ mod tests {
         std::fs::write(root.path().join("b/p/j/out.txt"), b"a longer second run").unwrap();
         let head = store.head("b", "p/j/out.txt").await.unwrap().unwrap();
         assert_eq!(head.sha256, None, "{head:?}");
+    }
+
+    #[test]
+    fn every_key_of_a_valid_job_is_stored_locally() {
+        // Found by the `keys` fuzz target: the contract allows a prefix segment starting with `.meta`, which
+        // the store refused anywhere in a key, so such a job ran and then failed at upload.
+        let body = br#"{"schema": "ainern2d.job.v1", "job_id": "dma", "kind": "video", "output": {"prefix": ".metaE"},
+            "params": {"width": 64, "height": 48, "duration_s": 1.0}}"#;
+        let job = ainern2d_contract::parse_job(body).unwrap();
+        let store = LocalStore::new("/srv/store");
+        let path = store.path("outputs", &job.output_key("video.mp4")).unwrap();
+        assert_eq!(path, Path::new("/srv/store/outputs/.metaE/dma/video.mp4"));
+        // The metadata tree is `<root>/.meta`: no bucket may lead there.
+        for bucket in [".meta", ".meta-x"] {
+            assert!(store.path(bucket, "k").is_err(), "{bucket}");
+        }
     }
 
     #[test]

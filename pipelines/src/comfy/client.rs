@@ -39,7 +39,9 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    fn parse(v: &Value) -> HistoryEntry {
+    /// Public (hidden) for the `comfy_stream` fuzz target.
+    #[doc(hidden)]
+    pub fn parse(v: &Value) -> HistoryEntry {
         let status = &v["status"];
         let failure = status["messages"].as_array().and_then(|m| {
             m.iter().rev().find_map(|msg| {

@@ -24,8 +24,10 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
-/// Progress through the workflow: finished nodes, and the running node's step count.
-struct Tracker<'a> {
+/// Progress through the workflow: finished nodes, and the running node's step count. Public (hidden) with
+/// [`interpret`] for the `comfy_stream` fuzz target.
+#[doc(hidden)]
+pub struct Tracker<'a> {
     prompt: &'a Value,
     total: usize,
     done: HashSet<String>,
@@ -34,18 +36,23 @@ struct Tracker<'a> {
 }
 
 impl<'a> Tracker<'a> {
-    fn new(prompt: &'a Value) -> Self {
+    pub fn new(prompt: &'a Value) -> Self {
         let total = prompt.as_object().map_or(1, |m| m.len().max(1));
         Tracker { prompt, total, done: HashSet::new(), node: None, step: (0.0, 0.0) }
     }
 
-    fn fraction(&self) -> f32 {
+    pub fn fraction(&self) -> f32 {
         let within = if self.step.1 > 0.0 { self.step.0 / self.step.1 } else { 0.0 };
         (((self.done.len() as f64) + within) / self.total as f64).min(1.0) as f32
     }
 
     fn class(&self, node: &str) -> String {
         self.prompt[node]["class_type"].as_str().unwrap_or("node").to_string()
+    }
+
+    /// What a progress report names: the running node's class, `queued` before any node ran.
+    pub fn stage(&self) -> String {
+        self.node.as_deref().map(|n| self.class(n)).unwrap_or_else(|| "queued".into())
     }
 
     fn start(&mut self, node: &str) {
@@ -57,7 +64,8 @@ impl<'a> Tracker<'a> {
 }
 
 /// What one WebSocket message means for our prompt.
-enum Seen {
+#[doc(hidden)]
+pub enum Seen {
     Nothing,
     Progress,
     /// `executing` with `node: null`: ComfyUI has written the history entry.
@@ -66,7 +74,8 @@ enum Seen {
     Interrupted,
 }
 
-fn interpret(msg: &Value, prompt_id: &str, t: &mut Tracker<'_>) -> Seen {
+#[doc(hidden)]
+pub fn interpret(msg: &Value, prompt_id: &str, t: &mut Tracker<'_>) -> Seen {
     let data = &msg["data"];
     if data.get("prompt_id").and_then(Value::as_str).is_some_and(|p| p != prompt_id) {
         return Seen::Nothing; // another client's prompt (progress frames go to everyone without a client id)
@@ -250,10 +259,7 @@ async fn follow(
         let Ok(msg) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         match interpret(&msg, prompt_id, &mut t) {
             Seen::Nothing => {}
-            Seen::Progress => {
-                let class = t.node.as_deref().map(|n| t.class(n)).unwrap_or_else(|| "queued".into());
-                progress(t.fraction(), &class);
-            }
+            Seen::Progress => progress(t.fraction(), &t.stage()),
             Seen::Finished => return finished(client, prompt_id).await,
             Seen::Failed(e) => return Err(e),
             Seen::Interrupted if cancel.is_cancelled() => return Err(PipelineError::cancelled()),

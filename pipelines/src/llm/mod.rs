@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use chat::{BUILTINS as CHAT_TEMPLATES, ChatTemplate};
 pub use local::LoadedLlm;
+#[doc(hidden)]
+pub use openai::SseReader;
 
 use crate::error::{PipelineError, PipelineErrorKind};
 use crate::{Artifact, Execution, Pipeline, ProgressSink, RunOutput, RunRequest};

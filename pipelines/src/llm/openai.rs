@@ -131,17 +131,18 @@ async fn stream(
         });
     }
     let mut bytes = response.bytes_stream();
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut text = String::new();
-    let mut chunks = 0u64;
-    let mut usage: Option<(Option<u64>, Option<u64>)> = None;
-    let mut finish = Finish::Length;
+    let mut reader = SseReader::new(&url, &req.params.stop);
     let mut first_token_s = None;
     let mut gen_started = None;
-    let max_stop = req.params.stop.iter().map(String::len).max().unwrap_or(0);
-    // Whether the server said the generation is over (`[DONE]`, a finish reason, or our stop string).
-    let mut ended = false;
-    'read: loop {
+    let mut on_piece = |chunks: u64, stopped: bool| {
+        first_token_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        let since = *gen_started.get_or_insert_with(Instant::now);
+        if !stopped {
+            let per_s = chunks as f64 / since.elapsed().as_secs_f64().max(1e-9);
+            progress.tokens((chunks as f32 / req.max_tokens as f32).min(1.0), chunks as u32, per_s as f32);
+        }
+    };
+    loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(PipelineError::cancelled()),
             n = tokio::time::timeout(idle, bytes.next()) => n,
@@ -154,53 +155,11 @@ async fn stream(
             Ok(Some(Err(e))) => return Err(PipelineError::retryable(format!("{url}: stream broken: {e}"))),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else { continue };
-            if data == "[DONE]" {
-                ended = true;
-                break 'read;
-            }
-            let event: serde_json::Value = serde_json::from_str(data).map_err(|e| {
-                PipelineError::retryable(format!("{url} sent an unreadable event ({e}): {}", short(data)))
-            })?;
-            if let Some(error) = event.get("error") {
-                return Err(PipelineError::permanent(format!(
-                    "{url} reported an error: {}",
-                    short(&error.to_string())
-                )));
-            }
-            if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
-                usage = Some((
-                    u.get("prompt_tokens").and_then(|v| v.as_u64()),
-                    u.get("completion_tokens").and_then(|v| v.as_u64()),
-                ));
-            }
-            let Some(choice) = event.get("choices").and_then(|c| c.get(0)) else { continue };
-            if let Some(piece) = choice.pointer("/delta/content").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
-                first_token_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                let since = *gen_started.get_or_insert_with(Instant::now);
-                chunks += 1;
-                let from = text.len().saturating_sub(max_stop);
-                text.push_str(piece);
-                if let Some(at) = find_stop(&text, from, &req.params.stop) {
-                    text.truncate(at);
-                    finish = Finish::Stop;
-                    ended = true;
-                    break 'read;
-                }
-                let per_s = chunks as f64 / since.elapsed().as_secs_f64().max(1e-9);
-                progress.tokens((chunks as f32 / req.max_tokens as f32).min(1.0), chunks as u32, per_s as f32);
-            }
-            match choice.get("finish_reason").and_then(|v| v.as_str()) {
-                Some("length") => (finish, ended) = (Finish::Length, true),
-                Some(_) => (finish, ended) = (Finish::Stop, true),
-                None => {}
-            }
+        if reader.feed(&chunk, &mut on_piece)? {
+            break;
         }
     }
+    let SseReader { text, chunks, usage, finish, ended, .. } = reader;
     if !ended {
         // The connection closed mid-generation: what we have is a truncated answer, not a completion.
         return Err(PipelineError::retryable(format!(
@@ -222,4 +181,94 @@ async fn stream(
         truncated_to_context: false,
         template: None,
     })
+}
+
+/// The answer read so far from the server-sent events: the pure part of `stream` (no clock, no I/O), public
+/// (hidden) for the `openai_stream` fuzz target.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SseReader<'a> {
+    url: &'a str,
+    stop: &'a [String],
+    max_stop: usize,
+    /// The start of a line whose end has not come yet.
+    buffer: Vec<u8>,
+    pub text: String,
+    /// Content pieces received.
+    pub chunks: u64,
+    /// `prompt_tokens` and `completion_tokens` of the usage record, when one came.
+    pub usage: Option<(Option<u64>, Option<u64>)>,
+    pub finish: Finish,
+    /// Whether the server said the generation is over (`[DONE]`, a finish reason, or our stop string).
+    pub ended: bool,
+}
+
+impl<'a> SseReader<'a> {
+    /// A reader for the stream from `url` (named in errors), ending the answer before any of `stop`.
+    pub fn new(url: &'a str, stop: &'a [String]) -> Self {
+        let max_stop = stop.iter().map(String::len).max().unwrap_or(0);
+        SseReader {
+            url,
+            stop,
+            max_stop,
+            buffer: Vec::new(),
+            text: String::new(),
+            chunks: 0,
+            usage: None,
+            finish: Finish::Length,
+            ended: false,
+        }
+    }
+
+    /// Reads the complete lines `chunk` ends (the rest waits for the next chunk). `on_piece(chunks, stopped)`
+    /// is called for each content piece, `stopped` when it ended the answer on a stop string. `Ok(true)`:
+    /// nothing more is to be read (`[DONE]` or a stop string).
+    pub fn feed(&mut self, chunk: &[u8], on_piece: &mut dyn FnMut(u64, bool)) -> Result<bool, PipelineError> {
+        let url = self.url;
+        self.buffer.extend_from_slice(chunk);
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else { continue };
+            if data == "[DONE]" {
+                self.ended = true;
+                return Ok(true);
+            }
+            let event: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+                PipelineError::retryable(format!("{url} sent an unreadable event ({e}): {}", short(data)))
+            })?;
+            if let Some(error) = event.get("error") {
+                return Err(PipelineError::permanent(format!(
+                    "{url} reported an error: {}",
+                    short(&error.to_string())
+                )));
+            }
+            if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
+                self.usage = Some((
+                    u.get("prompt_tokens").and_then(|v| v.as_u64()),
+                    u.get("completion_tokens").and_then(|v| v.as_u64()),
+                ));
+            }
+            let Some(choice) = event.get("choices").and_then(|c| c.get(0)) else { continue };
+            if let Some(piece) = choice.pointer("/delta/content").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+                self.chunks += 1;
+                let from = self.text.len().saturating_sub(self.max_stop);
+                self.text.push_str(piece);
+                if let Some(at) = find_stop(&self.text, from, self.stop) {
+                    self.text.truncate(at);
+                    self.finish = Finish::Stop;
+                    self.ended = true;
+                    on_piece(self.chunks, true);
+                    return Ok(true);
+                }
+                on_piece(self.chunks, false);
+            }
+            match choice.get("finish_reason").and_then(|v| v.as_str()) {
+                Some("length") => (self.finish, self.ended) = (Finish::Length, true),
+                Some(_) => (self.finish, self.ended) = (Finish::Stop, true),
+                None => {}
+            }
+        }
+        Ok(false)
+    }
 }
