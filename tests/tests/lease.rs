@@ -27,6 +27,8 @@ struct Node {
     prefix: String,
     bucket: String,
     s3: aws_sdk_s3::Client,
+    conn: lapin::Connection,
+    channel: lapin::Channel,
 }
 
 impl Node {
@@ -36,7 +38,18 @@ impl Node {
         let bucket = prefix.to_lowercase();
         let s3 = s3().await;
         create_bucket(&s3, &bucket).await;
-        Node { broker, prefix, bucket, s3 }
+        let conn = connect(&broker.url()).await;
+        let channel = confirm_channel(&conn).await;
+        Node { broker, prefix, bucket, s3, conn, channel }
+    }
+
+    async fn tap(&self) -> EventTap {
+        EventTap::new(&self.channel, &self.prefix).await
+    }
+
+    async fn submit(&self, id: &str) {
+        let body = job(JobKind::Llm, id, small_params(JobKind::Llm), serde_json::json!({}));
+        publish_job(&self.channel, &self.prefix, JobKind::Llm, &body).await;
     }
 
     /// A ready worker and its id.
@@ -58,6 +71,7 @@ impl Node {
     }
 
     async fn cleanup(self) {
+        let _ = self.conn.close(200, "done".into()).await;
         delete_bucket(&self.s3, &self.bucket).await;
     }
 }
@@ -75,16 +89,8 @@ async fn a_job_longer_than_the_consumer_timeout_finishes_once_with_a_lease_and_i
     // redelivers it) — the loop a lease exists for. Were the node's timeout not in force, this would fail.
     let node = Node::new("lease-control", Some(SHORT_CONSUMER_TIMEOUT)).await;
     let (mut w, _) = node.worker(&config(0, 60, 12_000)).await;
-    let conn = connect(&node.broker.url()).await;
-    let channel = confirm_channel(&conn).await;
-    let mut tap = EventTap::new(&channel, &node.prefix).await;
-    publish_job(
-        &channel,
-        &node.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "control-1", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    let mut tap = node.tap().await;
+    node.submit("control-1").await;
     tap.wait_for(Duration::from_secs(10), "control-1 running", |e| {
         e.job_id == "control-1" && e.status == EventStatus::Running
     })
@@ -97,22 +103,13 @@ async fn a_job_longer_than_the_consumer_timeout_finishes_once_with_a_lease_and_i
     )
     .await;
     w.kill9();
-    let _ = conn.close(200, "done".into()).await;
     node.cleanup().await;
 
     // With a lease taken after 2 s, the same job runs once, is never taken back, and leaves nothing behind.
     let node = Node::new("lease", Some(SHORT_CONSUMER_TIMEOUT)).await;
     let (mut w, _) = node.worker(&config(2, 6, 12_000)).await;
-    let conn = connect(&node.broker.url()).await;
-    let channel = confirm_channel(&conn).await;
-    let mut tap = EventTap::new(&channel, &node.prefix).await;
-    publish_job(
-        &channel,
-        &node.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "leased-1", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    let mut tap = node.tap().await;
+    node.submit("leased-1").await;
     until("the lease is taken", Duration::from_secs(10), || w.logs(), || w.logs().contains("held by a lease")).await;
     assert_eq!(node.lease_queues().len(), 1, "one lease queue holds the copy: {:?}", node.lease_queues());
     assert_eq!(node.job_queue(), (0, 0), "the delivery was acked: nothing ready or unacked");
@@ -127,7 +124,6 @@ async fn a_job_longer_than_the_consumer_timeout_finishes_once_with_a_lease_and_i
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(node.job_queue(), (0, 0));
     w.kill9();
-    let _ = conn.close(200, "done".into()).await;
     node.cleanup().await;
 }
 
@@ -135,16 +131,8 @@ async fn a_job_longer_than_the_consumer_timeout_finishes_once_with_a_lease_and_i
 async fn a_killed_workers_leased_job_comes_back_within_the_ttl_and_no_lease_queue_stays() {
     let node = Node::new("lease-killed", None).await;
     let (mut first, first_id) = node.worker(&config(1, 4, 60_000)).await;
-    let conn = connect(&node.broker.url()).await;
-    let channel = confirm_channel(&conn).await;
-    let mut tap = EventTap::new(&channel, &node.prefix).await;
-    publish_job(
-        &channel,
-        &node.prefix,
-        JobKind::Llm,
-        &job(JobKind::Llm, "killed-1", small_params(JobKind::Llm), serde_json::json!({})),
-    )
-    .await;
+    let mut tap = node.tap().await;
+    node.submit("killed-1").await;
     until("the lease is taken", Duration::from_secs(10), || first.logs(), || first.logs().contains("held by a lease"))
         .await;
     first.kill9();
@@ -164,6 +152,5 @@ async fn a_killed_workers_leased_job_comes_back_within_the_ttl_and_no_lease_queu
     })
     .await;
     assert_eq!(node.job_queue(), (0, 0));
-    let _ = conn.close(200, "done".into()).await;
     node.cleanup().await;
 }

@@ -508,6 +508,16 @@ fn leased(shared: &Arc<Shared>) -> impl Fn() -> u32 + use<> {
     move || shared.slots[&JobKind::Llm].leased()
 }
 
+/// A bed with leases on whose one job (`id`, on a `Slow` pipeline running `run_for`) is being handled.
+async fn leasing(id: &str, run_for: Duration) -> (Bed, Arc<Slow>, tokio::task::JoinHandle<()>) {
+    let slow = Arc::new(Slow { run_for, ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
+    bed.submit(id, &[]).await;
+    let d = bed.delivery().await;
+    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    (bed, slow, run)
+}
+
 async fn until(what: &str, within: Duration, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
@@ -518,11 +528,7 @@ async fn until(what: &str, within: Duration, cond: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn a_job_held_past_lease_after_is_acked_renewed_and_finishes_once_leaving_no_copy() {
-    let slow = Arc::new(Slow { run_for: Duration::from_millis(5000), ..Default::default() });
-    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
-    bed.submit("lease-1", &[]).await;
-    let d = bed.delivery().await;
-    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let (mut bed, slow, run) = leasing("lease-1", Duration::from_millis(5000)).await;
     let slots = &bed.shared.slots[&JobKind::Llm];
     // Without a runner here, nobody lowers a prefetch: the taker acks after waiting 2 s for that.
     let faults = bed.faults.clone();
@@ -550,11 +556,7 @@ async fn a_job_held_past_lease_after_is_acked_renewed_and_finishes_once_leaving_
 
 #[tokio::test]
 async fn a_lapsed_lease_brings_the_job_back_marked_for_the_replay_check() {
-    let slow = Arc::new(Slow { run_for: Duration::from_secs(30), ..Default::default() });
-    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
-    bed.submit("lease-lapsed-1", &[]).await;
-    let d = bed.delivery().await;
-    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let (mut bed, _slow, run) = leasing("lease-lapsed-1", Duration::from_secs(30)).await;
     let slots = leased(&bed.shared);
     until("the lease is taken", Duration::from_secs(3), || slots() == 1).await;
     // The worker dies: nobody renews, and nothing settles the lease.
@@ -572,11 +574,7 @@ async fn a_lapsed_lease_brings_the_job_back_marked_for_the_replay_check() {
 
 #[tokio::test]
 async fn a_leased_job_returned_at_shutdown_comes_back_at_once_and_only_once() {
-    let slow = Arc::new(Slow { run_for: Duration::from_secs(30), ..Default::default() });
-    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), tweak: leases, ..Default::default() }).await;
-    bed.submit("lease-shutdown-1", &[]).await;
-    let d = bed.delivery().await;
-    let run = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, d));
+    let (mut bed, _slow, run) = leasing("lease-shutdown-1", Duration::from_secs(30)).await;
     let slots = leased(&bed.shared);
     until("the lease is taken", Duration::from_secs(3), || slots() == 1).await;
     bed.ctx.abort.cancel();
