@@ -3,6 +3,7 @@
 //! tests that restart the broker. Services are found through `AINERN2D_TEST_*` variables (set by
 //! `scripts/test.sh`); a test that cannot reach one fails and says how to start it.
 
+pub mod chaos;
 pub mod comfy;
 
 use std::path::{Path, PathBuf};
@@ -647,6 +648,35 @@ impl PrivateBroker {
     /// Stops the node and starts it again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.stop();
+        self.boot().await;
+    }
+
+    /// The Erlang VM's process id (the node writes it to its pid file while it boots).
+    pub fn os_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("pid")).ok()?.trim().parse().ok()
+    }
+
+    fn signal_vm(&self, sig: &str) {
+        let pid = self.os_pid().expect("the private RabbitMQ node has written its pid file");
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{sig} {pid} (the private RabbitMQ node)");
+    }
+
+    /// SIGSTOP: the node keeps its sockets and answers nothing until [`PrivateBroker::resume`].
+    pub fn pause(&self) {
+        self.signal_vm("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal_vm("CONT");
+    }
+
+    /// SIGKILL of the VM (a crash: nothing is flushed or closed cleanly), then a start on the same data.
+    pub async fn crash_restart(&mut self) {
+        self.signal_vm("KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
         self.boot().await;
     }
 }
