@@ -155,3 +155,39 @@ async fn local_store_refuses_paths_that_leave_its_root() {
         assert!(store.put(bucket, key, &file, "text/plain", "0").await.is_err(), "{bucket}/{key}");
     }
 }
+
+/// An S3 server whose connections stop answering (packets dropped: a partition, a wedged node) fails
+/// a request within `store.request_timeout_s` — retried by the SDK, then a retryable error for the job —
+/// instead of holding it for the SDK's 5-minute attempt timeout (found by the chaos rounds: a 2.5 s
+/// blackhole left jobs running for minutes). The store works again once the server answers.
+#[tokio::test]
+async fn an_s3_server_that_stops_answering_fails_within_the_request_timeout() {
+    use ainern2d_tests::chaos::proxy::{FaultProxy, Mode};
+    let upstream = s3_endpoint().trim_start_matches("http://").parse().expect("an http://127.0.0.1:port endpoint");
+    let proxy = FaultProxy::start(0, upstream).await;
+    let bucket = unique("store-stall").to_lowercase();
+    create_bucket(&s3().await, &bucket).await;
+    let config = StoreConfig {
+        endpoint: proxy.url(),
+        access_key_id: S3_KEY.into(),
+        secret_access_key: S3_KEY.into(),
+        request_timeout_s: 1,
+        ..StoreConfig::default()
+    };
+    let store = S3Store::new(&config);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.json");
+    std::fs::write(&file, b"{}").unwrap();
+    let (sha, _) = sha256_file(&file).unwrap();
+    proxy.set_mode(Mode::Blackhole);
+    let started = std::time::Instant::now();
+    let err = store.put(&bucket, "p/j/out.json", &file, "application/json", &sha).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let err = store.head(&bucket, "p/j/out.json").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    proxy.set_mode(Mode::Pass);
+    store.put(&bucket, "p/j/out.json", &file, "application/json", &sha).await.unwrap();
+    assert!(store.head(&bucket, "p/j/out.json").await.unwrap().is_some());
+    delete_bucket(&s3().await, &bucket).await;
+}

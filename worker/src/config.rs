@@ -135,6 +135,12 @@ pub struct StoreConfig {
     pub part_size_bytes: u64,
     /// Lifetime of the presigned GET URLs in `succeeded` events.
     pub presign_ttl_s: u64,
+    /// The longest an S3 request may go unanswered: from its start (an upload's body included) to the
+    /// first byte of the answer. A request past it is retried, then the job: without it, a connection
+    /// whose packets are dropped holds the job for the SDK's attempt timeout (5 minutes). Raise it when
+    /// a single part (`part_size_bytes`, or a whole object below `multipart_threshold_bytes`) takes
+    /// longer than this to send.
+    pub request_timeout_s: u64,
     /// Root directory of the `local` store.
     pub local_dir: PathBuf,
     /// Buckets a job's `output.bucket` may name besides `bucket`; a job naming any other is refused.
@@ -301,6 +307,7 @@ impl Default for StoreConfig {
             multipart_threshold_bytes: 16 * 1024 * 1024,
             part_size_bytes: 8 * 1024 * 1024,
             presign_ttl_s: 3600,
+            request_timeout_s: 60,
             local_dir: PathBuf::from("outputs"),
             allowed_buckets: Vec::new(),
         }
@@ -449,6 +456,9 @@ impl Config {
         if self.store.part_size_bytes < 5 * 1024 * 1024 {
             return bad("store.part_size_bytes", "S3 requires parts of at least 5 MiB");
         }
+        if self.store.request_timeout_s == 0 {
+            return bad("store.request_timeout_s", "must be at least 1");
+        }
         if self.store.multipart_threshold_bytes < self.store.part_size_bytes {
             return bad("store.multipart_threshold_bytes", "must be at least store.part_size_bytes");
         }
@@ -522,6 +532,7 @@ mod tests {
             ("[jobs]\nretry_delays_ms = []", "jobs.retry_delays_ms"),
             ("[jobs.max_runtime_s]\nvideo = 0", "jobs.max_runtime_s.video"),
             ("[store]\npart_size_bytes = 10", "store.part_size_bytes"),
+            ("[store]\nrequest_timeout_s = 0", "store.request_timeout_s"),
             ("[mock]\nfailure_rate = 2.0", "mock.failure_rate"),
             ("[store]\nbukket = \"x\"", "bukket"),
             ("[jobs]\nkinds = [\"image\"]", "jobs.kinds"),

@@ -95,6 +95,9 @@ impl S3Store {
         .timeout_config(
             aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // A request nobody answers (a dropped connection, a wedged server) fails here, not at
+                // the attempt timeout.
+                .read_timeout(Duration::from_secs(cfg.request_timeout_s))
                 .operation_attempt_timeout(Duration::from_secs(300))
                 .build(),
         );

@@ -325,6 +325,7 @@ access_key_id = "{key}"
 secret_access_key = "{key}"
 multipart_threshold_bytes = 5242880
 part_size_bytes = 5242880
+request_timeout_s = 3
 [http]
 listen = "127.0.0.1:{port}"
 [heartbeat]
