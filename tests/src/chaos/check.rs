@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ainern2d_contract::{Event, JobKind, OutputObject};
 
+use super::figures::Figures;
 use super::plan::{MockFailures, Plan};
-use super::round::Figures;
 
 #[derive(Debug, Clone)]
 pub struct Submitted {
@@ -222,4 +222,125 @@ pub fn check(plan: &Plan, ev: &Evidence, figures: &mut Figures) -> Vec<String> {
         Err(why) => figures.multipart_check = format!("skipped: {why}"),
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use ainern2d_contract::EventStatus;
+
+    use super::*;
+
+    const SHA: &str = "aa";
+
+    fn output(id: &str) -> OutputObject {
+        OutputObject {
+            name: "completion.json".into(),
+            bucket: "b".into(),
+            key: format!("out/{id}/completion.json"),
+            size: 2,
+            sha256: SHA.into(),
+            content_type: "application/json".into(),
+            presigned_url: None,
+        }
+    }
+
+    fn submitted(id: &str) -> Submitted {
+        Submitted { id: id.into(), kind: JobKind::Llm, body: Vec::new(), at: Duration::ZERO, invalid: false }
+    }
+
+    fn event(id: &str, attempt: u32, status: EventStatus) -> Event {
+        let mut e = Event::new(id, Some(JobKind::Llm), attempt, "w", status, 0);
+        if status == EventStatus::Succeeded {
+            e.outputs = vec![output(id)];
+        }
+        e
+    }
+
+    /// `ok-0` succeeded (stored, announced twice under one id), `gone-1` failed for good (dead-lettered).
+    fn clean() -> (Plan, Evidence) {
+        let mut plan = Plan::new(1, false);
+        plan.failures = MockFailures::Permanent(0.1);
+        let row = |status: &str, outputs, code: Option<&str>| Row {
+            status: status.into(),
+            attempt: 1,
+            outputs,
+            error_code: code.map(str::to_owned),
+        };
+        let ok = event("ok-0", 1, EventStatus::Succeeded);
+        let evidence = Evidence {
+            submitted: vec![submitted("ok-0"), submitted("gone-1")],
+            rows: HashMap::from([
+                ("ok-0".to_string(), row("succeeded", vec![output("ok-0")], None)),
+                ("gone-1".to_string(), row("failed", vec![], Some("pipeline_failed"))),
+            ]),
+            hub_terminal: vec![
+                ("ok-0/1/succeeded".into(), "ok-0".into(), "succeeded".into()),
+                ("gone-1/1/failed".into(), "gone-1".into(), "failed".into()),
+            ],
+            tap: vec![ok.clone(), ok, event("gone-1", 1, EventStatus::Failed)],
+            objects: BTreeMap::from([(
+                "out/ok-0/completion.json".to_string(),
+                Object { sha_meta: Some(SHA.into()), sha_bytes: SHA.into() },
+            )]),
+            dead: vec!["gone-1".into()],
+            multipart: Ok(("directory".into(), vec![])),
+        };
+        (plan, evidence)
+    }
+
+    fn violations(plan: &Plan, ev: &Evidence) -> (Vec<String>, Figures) {
+        let mut figures = Figures::default();
+        let v = check(plan, ev, &mut figures);
+        (v, figures)
+    }
+
+    #[test]
+    fn a_clean_round_passes_and_counts_the_re_announce() {
+        let (plan, ev) = clean();
+        let (v, f) = violations(&plan, &ev);
+        assert!(v.is_empty(), "{v:#?}");
+        assert_eq!((f.succeeded, f.failed, f.reannounced, f.lost, f.duplicated), (1, 1, 1, 0, 0));
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_reported() {
+        type Damage = Box<dyn Fn(&mut Evidence)>;
+        let cases: Vec<(&str, Damage)> = vec![
+            ("lost — stuck", Box::new(|ev| ev.rows.get_mut("ok-0").unwrap().status = "running".into())),
+            ("lost — the hub has no row", Box::new(|ev| drop(ev.rows.remove("gone-1")))),
+            ("two different outcomes", Box::new(|ev| ev.tap.push(event("ok-0", 2, EventStatus::DeadLettered)))),
+            (
+                "event log holds two different outcomes",
+                Box::new(|ev| ev.hub_terminal.push(("ok-0/2/failed".into(), "ok-0".into(), "failed".into()))),
+            ),
+            ("hashes to", Box::new(|ev| ev.objects.values_mut().for_each(|o| o.sha_bytes = "bb".into()))),
+            ("carries sha256 metadata", Box::new(|ev| ev.objects.values_mut().for_each(|o| o.sha_meta = None))),
+            (
+                "expected exactly",
+                Box::new(|ev| {
+                    let extra = Object { sha_meta: None, sha_bytes: "cc".into() };
+                    ev.objects.insert("out/ok-0/completion.json.2".into(), extra);
+                }),
+            ),
+            ("expected exactly", Box::new(|ev| ev.objects.clear())),
+            ("belongs to no submitted job", Box::new(|ev| drop(ev.submitted.remove(0)))),
+            ("not in the dead-letter queue", Box::new(|ev| ev.dead.clear())),
+            ("in the dead-letter queue (1×) but ended", Box::new(|ev| ev.dead.push("ok-0".into()))),
+            ("never submitted", Box::new(|ev| ev.dead.push("stranger".into()))),
+            ("nothing in this round explains", Box::new(|ev| ev.rows.get_mut("gone-1").unwrap().error_code = None)),
+            ("no terminal event", Box::new(|ev| ev.tap.retain(|e| e.job_id != "gone-1"))),
+            ("incomplete multipart upload", Box::new(|ev| ev.multipart = Ok(("dir".into(), vec!["k (u)".into()])))),
+        ];
+        for (expected, damage) in cases {
+            let (plan, mut ev) = clean();
+            damage(&mut ev);
+            let (v, _) = violations(&plan, &ev);
+            assert!(v.iter().any(|v| v.contains(expected)), "`{expected}` not reported: {v:#?}");
+        }
+        // A permanent failure in a round that injected none is not explained either.
+        let (mut plan, ev) = clean();
+        plan.failures = MockFailures::None;
+        let (v, _) = violations(&plan, &ev);
+        assert!(v.iter().any(|v| v.contains("gone-1") && v.contains("explains")), "{v:#?}");
+    }
 }

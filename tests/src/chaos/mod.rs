@@ -7,9 +7,11 @@
 //! - [`rng`] the seeded PRNG, [`plan`] what a seed makes of a round;
 //! - [`proxy`] the S3 fault proxy, [`pg`] the private Postgres, [`tap`] an event tap that survives the
 //!   broker;
-//! - [`round`] the driver (processes, faults, settling, evidence), [`check`] the checker.
+//! - [`round`] the driver (processes, faults, settling, evidence), [`check`] the checker, [`figures`]
+//!   what a round counted.
 
 pub mod check;
+pub mod figures;
 pub mod pg;
 pub mod plan;
 pub mod proxy;

@@ -130,7 +130,8 @@ impl Plan {
         let replicas = r.range(2, MAX_REPLICAS as u64) as usize;
         let jobs = if long { r.range(30, 40) } else { r.range(16, 24) } as usize;
         let window = if long { Duration::from_secs(40) } else { Duration::from_secs(6) };
-        let submit_over = window / 2;
+        // Submissions go on through the fault window, so late faults still find jobs in every phase.
+        let submit_over = window;
         let latency_ms = r.range(100, 700);
         let upload_delay_ms = r.range(0, 300);
         let (lease_after_s, lease_ttl_s) = if r.chance(0.35) { (1, 3) } else { (0, 60) };
