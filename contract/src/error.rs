@@ -60,7 +60,22 @@ pub struct ContractError {
     pub message: String,
 }
 
+/// The longest `message` (bytes) a [`ContractError`] from [`crate::parse_job`] or [`crate::Job::validate`]
+/// carries; `field` is held to [`MAX_ERROR_FIELD`]. Both may quote the message (serde quotes a value of the
+/// wrong type, a path names keys) and both travel in the `failed` event, the log and the dead letter's
+/// reason header, which the broker refuses beyond its frame size (128 KiB) by closing the connection: a
+/// megabyte value must not make its own rejection undeliverable.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 1024;
+pub(crate) const MAX_ERROR_FIELD: usize = 256;
+
 impl ContractError {
+    /// `message` and `field` cut to [`MAX_ERROR_MESSAGE`] and [`MAX_ERROR_FIELD`] bytes (ending in `…`).
+    pub(crate) fn bounded(mut self) -> Self {
+        self.message = cut(self.message, MAX_ERROR_MESSAGE);
+        self.field = self.field.map(|f| cut(f, MAX_ERROR_FIELD));
+        self
+    }
+
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { code: ErrorCode::InvalidField, field: Some(field.into()), message: message.into() }
     }
@@ -68,4 +83,15 @@ impl ContractError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, field: None, message: message.into() }
     }
+}
+
+fn cut(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }

@@ -353,6 +353,10 @@ pub fn parse_job(body: &[u8]) -> Result<Job, ContractError> {
 }
 
 fn parse_value(value: Value) -> Result<Job, ContractError> {
+    parse_unbounded(value).map_err(ContractError::bounded)
+}
+
+fn parse_unbounded(value: Value) -> Result<Job, ContractError> {
     let Value::Object(map) = &value else {
         return Err(ContractError::new(ErrorCode::MalformedMessage, "body must be a JSON object"));
     };
@@ -365,6 +369,12 @@ fn parse_value(value: Value) -> Result<Job, ContractError> {
                 field: Some("schema".into()),
                 message: format!("unsupported schema {other}; this worker speaks \"{JOB_SCHEMA}\""),
             });
+        }
+    }
+    // serde builds a struct from an array of its fields in order (`"params": ["hi"]`); the schema says objects.
+    for key in ["params", "output"] {
+        if map.get(key).is_some_and(Value::is_array) {
+            return Err(ContractError::field(key, "must be an object"));
         }
     }
     let wire: JobWire = serde_path_to_error::deserialize(value).map_err(path_error(""))?;
@@ -388,7 +398,7 @@ fn parse_value(value: Value) -> Result<Job, ContractError> {
         traceparent: wire.traceparent,
         metadata: wire.metadata,
     };
-    job.validate()?;
+    job.validate_unbounded()?;
     Ok(job)
 }
 
@@ -437,6 +447,10 @@ impl Job {
 
     /// Checks every constraint the types alone cannot express.
     pub fn validate(&self) -> Result<(), ContractError> {
+        self.validate_unbounded().map_err(ContractError::bounded)
+    }
+
+    fn validate_unbounded(&self) -> Result<(), ContractError> {
         if self.schema != JOB_SCHEMA {
             return Err(ContractError {
                 code: ErrorCode::UnsupportedSchema,
@@ -463,6 +477,14 @@ impl Job {
             return Err(ContractError::field(
                 "traceparent",
                 "must be a W3C traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>",
+            ));
+        }
+        if self.metadata.len() > MAX_METADATA
+            || self.metadata.iter().any(|(k, v)| k.is_empty() || k.chars().count() > 128 || v.chars().count() > 4096)
+        {
+            return Err(ContractError::field(
+                "metadata",
+                format!("at most {MAX_METADATA} labels, keys of 1 to 128 characters, values of at most 4096"),
             ));
         }
         self.validate_inputs()?;
@@ -495,6 +517,12 @@ impl Job {
     }
 }
 
+/// Labels in `metadata`. It and every free-text parameter are bounded, so that a message's size says
+/// nothing about what the worker holds, logs and forwards beyond these limits.
+const MAX_METADATA: usize = 64;
+/// Names of models, voices and workflows (characters).
+const MAX_NAME: usize = 200;
+
 fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
     fn range<T: PartialOrd + std::fmt::Display>(field: &str, v: T, lo: T, hi: T) -> Result<(), ContractError> {
         if v < lo || v > hi {
@@ -506,7 +534,10 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
         if v.trim().is_empty() {
             return Err(ContractError::field(format!("params.{field}"), "must not be empty"));
         }
-        if v.chars().count() > max {
+        at_most(field, Some(v), max)
+    }
+    fn at_most(field: &str, v: Option<&str>, max: usize) -> Result<(), ContractError> {
+        if v.is_some_and(|v| v.chars().count() > max) {
             return Err(ContractError::field(format!("params.{field}"), format!("longer than {max} characters")));
         }
         Ok(())
@@ -514,6 +545,8 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
     match spec {
         JobSpec::Llm(p) => {
             text("prompt", &p.prompt, 200_000)?;
+            at_most("system", p.system.as_deref(), 200_000)?;
+            at_most("model", p.model.as_deref(), MAX_NAME)?;
             range("max_tokens", p.max_tokens, 1, 32_768)?;
             range("temperature", p.temperature, 0.0, 2.0)?;
             if !(p.top_p > 0.0 && p.top_p <= 1.0) {
@@ -523,12 +556,16 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
                 range("top_k", k, 1, 100_000)?;
             }
             range("repetition_penalty", p.repetition_penalty, 1.0, 2.0)?;
-            if p.stop.len() > 8 || p.stop.iter().any(|s| s.is_empty()) {
-                return Err(ContractError::field("params.stop", "at most 8 non-empty strings"));
+            if p.stop.len() > 8 || p.stop.iter().any(|s| s.is_empty() || s.chars().count() > 1000) {
+                return Err(ContractError::field(
+                    "params.stop",
+                    "at most 8 non-empty strings of at most 1000 characters",
+                ));
             }
         }
         JobSpec::Audio(p) => {
             text("text", &p.text, 10_000)?;
+            at_most("voice", p.voice.as_deref(), MAX_NAME)?;
             if let Some(rate) = p.sample_rate {
                 range("sample_rate", rate, 8_000, 48_000)?;
             }
@@ -552,6 +589,10 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
             }
         }
         JobSpec::Video(p) => {
+            at_most("prompt", p.prompt.as_deref(), 10_000)?;
+            at_most("negative_prompt", p.negative_prompt.as_deref(), 10_000)?;
+            at_most("model", p.model.as_deref(), MAX_NAME)?;
+            at_most("workflow", p.workflow.as_deref(), MAX_NAME)?;
             range("width", p.width, 16, 3840)?;
             range("height", p.height, 16, 2160)?;
             if p.width % 2 != 0 || p.height % 2 != 0 {
@@ -575,6 +616,7 @@ fn validate_params(spec: &JobSpec) -> Result<(), ContractError> {
             }
         }
         JobSpec::Lipsync(p) => {
+            at_most("model", p.model.as_deref(), MAX_NAME)?;
             if let Some(fps) = p.fps {
                 range("fps", fps, 1, 60)?;
             }
@@ -632,12 +674,32 @@ pub(crate) fn check_bucket(field: &str, bucket: &str) -> Result<(), ContractErro
     Ok(())
 }
 
+/// The longest input URL (bytes): more than most HTTP servers take in a request line, far less than the
+/// 64 KiB an HTTP URI can hold at all (the S3 client panics building a request beyond that).
+const MAX_INPUT_URL: usize = 8192;
+/// S3's own limit on a key (bytes).
+const MAX_S3_KEY: usize = 1024;
+
 fn check_input_url(field: &str, url: &str) -> Result<(), ContractError> {
+    if url.len() > MAX_INPUT_URL {
+        return Err(ContractError::field(field, format!("longer than {MAX_INPUT_URL} bytes")));
+    }
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         check_bucket(field, bucket)?;
         if key.is_empty() {
             return Err(ContractError::field(field, "s3 URL has no key: expected s3://bucket/key"));
+        }
+        if key.len() > MAX_S3_KEY {
+            return Err(ContractError::field(field, format!("s3 key longer than {MAX_S3_KEY} bytes (the S3 limit)")));
+        }
+        // What the local store refuses as well: a key that would leave its bucket on a file system, and
+        // characters no file name or S3 listing carries safely.
+        if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") || key.chars().any(char::is_control) {
+            return Err(ContractError::field(
+                field,
+                "s3 key must not have empty, `.` or `..` segments or control characters",
+            ));
         }
         return Ok(());
     }
@@ -826,6 +888,144 @@ mod tests {
             "inputs": {"video": "s3://in-bucket/face.mp4"}, "output": {"prefix": "p"}
         });
         assert_eq!(err(j).field.as_deref(), Some("inputs.audio"));
+    }
+
+    #[test]
+    fn errors_stay_short_whatever_they_quote() {
+        // serde quotes a value of the wrong type, paths name keys: both come from the message, and the
+        // error travels in an AMQP header the broker refuses beyond its frame size.
+        let huge = "9".repeat(1 << 20);
+        let mut cases = Vec::new();
+        for pointer in ["/params/width", "/schema", "/kind"] {
+            let mut j = video_job();
+            *j.pointer_mut(pointer).unwrap() = Value::String(huge.clone());
+            cases.push(j);
+        }
+        let mut j = video_job();
+        j["params"][huge.as_str()] = 1.into();
+        cases.push(j);
+        let mut j = video_job();
+        j["inputs"] = serde_json::json!({ huge.as_str(): "s3://b-1/k" });
+        cases.push(j);
+        for j in cases {
+            let e = err(j);
+            assert!(e.message.len() <= 1024 && e.to_string().len() <= 1300, "{} bytes", e.to_string().len());
+            assert!(e.field.as_ref().is_none_or(|f| f.len() <= 256), "a {} byte field", e.field.unwrap().len());
+        }
+    }
+
+    #[test]
+    fn input_urls_are_bounded() {
+        // A key beyond what an HTTP URI can hold made the S3 client panic building the request; S3 itself
+        // allows 1024 bytes.
+        for (url, ok) in [
+            (format!("s3://b-1/{}", "k".repeat(1024)), true),
+            (format!("s3://b-1/{}", "k".repeat(1025)), false),
+            (format!("s3://b-1/{}", "é".repeat(513)), false),
+            (format!("https://example.com/{}", "a".repeat(8192 - 20)), true),
+            (format!("https://example.com/{}", "a".repeat(8192)), false),
+            ("r".repeat(8193), false),
+        ] {
+            let mut j = video_job();
+            j["inputs"] = serde_json::json!({ "image": url });
+            let result = parse_job(&serde_json::to_vec(&j).unwrap());
+            assert_eq!(result.is_ok(), ok, "{} bytes: {:?}", url.len(), result.err());
+            if let Err(e) = result {
+                assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some("inputs.image")));
+            }
+        }
+    }
+
+    fn job_of(kind: &str, params: Value, inputs: Value) -> Value {
+        serde_json::json!({"schema": JOB_SCHEMA, "job_id": "j-1", "kind": kind, "params": params, "inputs": inputs,
+                           "output": {"prefix": "p"}, "metadata": {}})
+    }
+
+    #[test]
+    fn params_and_output_are_objects() {
+        // serde builds a struct from an array of its fields in order; the schema says objects.
+        let llm = |params| job_of("llm", params, serde_json::json!({}));
+        let mut output = llm(serde_json::json!({"prompt": "hi"}));
+        output["output"] = serde_json::json!([null, "p"]);
+        let lipsync_inputs = serde_json::json!({"video": "s3://b-1/v.mp4", "audio": "s3://b-1/a.wav"});
+        for (j, field) in [
+            (llm(serde_json::json!(["hi"])), "params"),
+            (job_of("lipsync", serde_json::json!([]), lipsync_inputs), "params"),
+            (output, "output"),
+        ] {
+            let e = err(j);
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some(field)), "{e}");
+        }
+    }
+
+    #[test]
+    fn free_text_and_metadata_are_bounded() {
+        let long = |n: usize| "x".repeat(n);
+        let llm = serde_json::json!({"prompt": "hi"});
+        let video = serde_json::json!({"width": 64, "height": 48, "duration_s": 1.0});
+        let audio = serde_json::json!({"text": "hi"});
+        let lipsync_inputs = serde_json::json!({"video": "s3://b-1/v.mp4", "audio": "s3://b-1/a.wav"});
+        let none = serde_json::json!({});
+        let cases: Vec<(Value, &str, usize)> = vec![
+            (job_of("llm", llm.clone(), none.clone()), "/params/system", 200_000),
+            (job_of("llm", llm.clone(), none.clone()), "/params/model", 200),
+            (job_of("audio", audio, none.clone()), "/params/voice", 200),
+            (job_of("video", video.clone(), none.clone()), "/params/prompt", 10_000),
+            (job_of("video", video.clone(), none.clone()), "/params/negative_prompt", 10_000),
+            (job_of("video", video.clone(), none.clone()), "/params/model", 200),
+            (job_of("video", video.clone(), none.clone()), "/params/workflow", 200),
+            (job_of("lipsync", serde_json::json!({}), lipsync_inputs), "/params/model", 200),
+            (job_of("llm", llm.clone(), none.clone()), "/metadata/k", 4096),
+        ];
+        for (j, pointer, max) in cases {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let field = if parent == "/metadata" { "metadata".to_string() } else { pointer[1..].replace('/', ".") };
+            let mut ok = j.clone();
+            ok.pointer_mut(parent).unwrap()[key] = long(max).into();
+            assert!(parse_job(&serde_json::to_vec(&ok).unwrap()).is_ok(), "{pointer} at {max}");
+            let mut over = j;
+            over.pointer_mut(parent).unwrap()[key] = long(max + 1).into();
+            let e = err(over);
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some(field.as_str())), "{e}");
+        }
+        let mut j = job_of("llm", llm.clone(), none.clone());
+        j["params"]["stop"] = serde_json::json!([long(1001)]);
+        assert_eq!(err(j).field.as_deref(), Some("params.stop"));
+        let mut j = job_of("llm", llm.clone(), none.clone());
+        j["metadata"] = Value::Object((0..65).map(|i| (format!("k{i}"), Value::from("v"))).collect());
+        assert_eq!(err(j).field.as_deref(), Some("metadata"));
+        let mut j = job_of("llm", llm, none);
+        j["metadata"] = serde_json::json!({ long(129): "v" });
+        assert_eq!(err(j).field.as_deref(), Some("metadata"));
+    }
+
+    #[test]
+    fn s3_keys_have_no_dot_segments_or_control_characters() {
+        // What the local store refuses too: `..` would leave a bucket on a file-system-backed S3 server,
+        // `//` and `a/..` made s3s-fs answer InternalError (retried as if the server were down), and a
+        // NUL is an I/O error (retryable) in the local store.
+        for (key, ok) in [
+            ("../../etc/passwd", false),
+            ("a/../../b", false),
+            ("/etc/passwd", false),
+            ("./x", false),
+            ("a/..", false),
+            ("a/", false),
+            ("a\u{0}b", false),
+            ("a\nb", false),
+            ("a\u{7f}b", false),
+            ("a/b.c/d..e", true),
+            ("a\\b", true),
+            ("a b/ü", true),
+        ] {
+            let mut j = video_job();
+            j["inputs"] = serde_json::json!({ "image": format!("s3://b-1/{key}") });
+            let result = parse_job(&serde_json::to_vec(&j).unwrap());
+            assert_eq!(result.is_ok(), ok, "{key:?}: {:?}", result.err());
+            if let Err(e) = result {
+                assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some("inputs.image")));
+            }
+        }
     }
 
     #[test]

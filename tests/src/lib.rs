@@ -195,6 +195,11 @@ impl Worker {
 
     /// Any of the workspace's daemons (`ainern2d-worker`, `ainern2d-hub`) with a config file.
     pub fn spawn_bin(bin: &str, config: &str) -> Worker {
+        Self::spawn_bin_env(bin, config, &[])
+    }
+
+    /// [`Worker::spawn_bin`] with extra environment variables for the process.
+    pub fn spawn_bin_env(bin: &str, config: &str, env: &[(&str, &str)]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");
         std::fs::write(&path, config).unwrap();
@@ -208,6 +213,7 @@ impl Worker {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info,ainern2d_worker=debug,ainern2d_hub=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -217,6 +223,19 @@ impl Worker {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` line of the process's `/proc/<pid>/status`: `VmRSS` (resident now), `VmHWM` (the peak).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status:\n{status}", self.pid()))
     }
 
     /// Waits until `/ready` answers 200 (broker connected, topology declared, store reachable).

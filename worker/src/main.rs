@@ -69,7 +69,23 @@ enum ModelsCommand {
 /// waits on the runtime that is shutting down) before the process ends without them.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `AINERN2D_ABORT_ON_PANIC=1`: a panic on any thread ends the process with SIGABRT once it is reported,
+/// as a `panic = "abort"` build would, instead of ending only its task (which tokio survives) or thread.
+/// For tests that must see every panic (`tests/tests/poison.rs`) and for operators who prefer a restart
+/// to a worker missing a task. It also defeats the `catch_unwind` around candle's model loaders
+/// (`pipelines/src/llm/local.rs`): with it, a malformed checkpoint ends the worker instead of failing its job.
+fn abort_on_panic() {
+    if std::env::var_os("AINERN2D_ABORT_ON_PANIC").is_some_and(|v| v == "1") {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::abort();
+        }));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let result = runtime.block_on(run());
     // Dropping a runtime waits for every blocking thread, however long it takes: bound it.

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
 use ainern2d_contract::{ContractError, ErrorInfo, EventStatus, Job, JobKind, WorkerState, parse_job};
-use ainern2d_queue::Delivery;
+use ainern2d_queue::{Delivery, HeaderValue, Message};
 use sha2::{Digest, Sha256};
 
 use super::SessionCtx;
@@ -55,6 +56,33 @@ fn job_id_of(body: &[u8]) -> String {
         .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(body))[..16]))
 }
 
+/// The dead letter of an invalid message keeps the message's own headers only while they total at most this
+/// many bytes (names and values): the copy adds its own headers, and a content header larger than the
+/// broker's `frame_max` (128 KiB by default) makes the broker close the connection — the message comes back
+/// and closes it again, for ever. Text that is not UTF-8 grows up to threefold on its way in (replacement
+/// characters), so a message the broker took can come out too large.
+const MAX_COPIED_HEADERS: usize = 32 * 1024;
+
+/// The dead-letter copy of an invalid message: the message with the reason, the code and the attempt,
+/// without its own headers when they are too large to copy (see [`MAX_COPIED_HEADERS`]).
+fn dead_letter_copy(message: &Message, attempt: u32, err: &ContractError) -> Message {
+    let mut copy = message.clone();
+    let size: usize = copy.headers.iter().map(|(name, value)| name.len() + value.as_text().map_or(8, str::len)).sum();
+    let mut reason = err.to_string();
+    if size > MAX_COPIED_HEADERS {
+        reason.push_str(&format!(" (its headers, {size} bytes, are not copied here)"));
+        copy.headers.clear();
+    }
+    let mut copy = copy
+        .with_header(REASON_HEADER, HeaderValue::Text(reason))
+        .with_header(ERROR_CODE_HEADER, HeaderValue::Text(err.code.as_str().to_string()))
+        .with_header(ATTEMPT_HEADER, HeaderValue::Int(attempt.into()));
+    copy.persistent = true;
+    copy.mandatory = true;
+    copy.content_type = Some("application/json".into());
+    copy
+}
+
 /// Dead-letters a message that is not a valid job, with a `failed` event; when that fails the delivery
 /// comes back (see `dispose::recover`).
 pub(super) async fn reject_invalid(
@@ -76,7 +104,8 @@ pub(super) async fn reject_invalid(
         &shared.config.worker_id,
     );
     let result: Result<(), BrokerError> = async {
-        dispose::dead_letter(shared, ctx, delivery, attempt, err.code, &err.to_string()).await?;
+        let copy = dead_letter_copy(&delivery.message, attempt, &err);
+        ctx.publisher.publish(&shared.topology.dead_letter_exchange(), "", &copy).await?;
         let error = ErrorInfo { code: err.code, message: err.to_string(), retryable: false, field: err.field.clone() };
         emitter.outcome(EventStatus::Failed, Vec::new(), None, Some(error), BTreeMap::new()).await?;
         delivery.acker.ack(false).await
@@ -93,7 +122,7 @@ pub(super) async fn reject_invalid(
 
 #[cfg(test)]
 mod tests {
-    use super::job_id_of;
+    use super::*;
 
     #[test]
     fn invalid_messages_get_a_safe_stable_id() {
@@ -102,5 +131,22 @@ mod tests {
         assert!(unsafe_id.starts_with("invalid-"), "{unsafe_id}");
         assert_eq!(unsafe_id, job_id_of(br#"{"job_id":"../../etc"}"#));
         assert_ne!(job_id_of(b"garbage"), job_id_of(b"other garbage"));
+    }
+
+    #[test]
+    fn a_dead_letter_drops_headers_too_large_to_copy() {
+        let err = ContractError::field("params.width", "must be even");
+        let small = Message::json(&b"{}"[..]).with_header("x-tenant", HeaderValue::Text("a".into()));
+        let copy = dead_letter_copy(&small, 2, &err);
+        assert_eq!(copy.headers["x-tenant"], HeaderValue::Text("a".into()));
+        assert_eq!(copy.headers[ATTEMPT_HEADER], HeaderValue::Int(2));
+        // 48 KiB of bytes that are not UTF-8 arrive as 144 KiB of replacement characters.
+        let big = Message::json(&b"{}"[..])
+            .with_header("x-bytes", HeaderValue::Text(String::from_utf8_lossy(&[0xff; 48 * 1024]).into_owned()));
+        let copy = dead_letter_copy(&big, 1, &err);
+        assert!(!copy.headers.contains_key("x-bytes"));
+        let reason = copy.headers[REASON_HEADER].as_text().unwrap();
+        assert!(reason.starts_with("field `params.width`: must be even (its headers, "), "{reason}");
+        assert_eq!(copy.headers[ERROR_CODE_HEADER], HeaderValue::Text("invalid_field".into()));
     }
 }
