@@ -42,7 +42,8 @@ impl<'a> Tracker<'a> {
     }
 
     pub fn fraction(&self) -> f32 {
-        let within = if self.step.1 > 0.0 { self.step.0 / self.step.1 } else { 0.0 };
+        // What ComfyUI says of the running node's steps is capped to that one node.
+        let within = if self.step.1 > 0.0 { (self.step.0 / self.step.1).clamp(0.0, 1.0) } else { 0.0 };
         (((self.done.len() as f64) + within) / self.total as f64).min(1.0) as f32
     }
 
@@ -315,6 +316,21 @@ mod tests {
         // `executing` without a prompt id (sent on reconnect) is not the end.
         let mid = interpret(&m(serde_json::json!({"type": "executing", "data": {"node": null}})), "p", &mut t);
         assert!(matches!(mid, Seen::Nothing));
+    }
+
+    #[test]
+    fn progress_stays_within_0_and_1_whatever_the_step_counts() {
+        // A negative step count made the fraction negative (-inf for -1e308), and a progress event's
+        // fraction is 0 to 1 (serialised, -inf becomes null).
+        let prompt = serde_json::json!({"3": {"class_type": "KSampler"}, "8": {"class_type": "VAEDecode"}});
+        for (value, max) in [(-1.0, 20.0), (-1e308, 1.0), (1e308, 1e-300), (30.0, 20.0), (5.0, -1.0)] {
+            let mut t = Tracker::new(&prompt);
+            let data = serde_json::json!({"value": value, "max": max, "node": "3", "prompt_id": "p"});
+            let frame = serde_json::json!({"type": "progress", "data": data});
+            assert!(matches!(interpret(&frame, "p", &mut t), Seen::Progress));
+            let f = t.fraction();
+            assert!((0.0..=1.0).contains(&f), "{value}/{max}: {f}");
+        }
     }
 
     #[test]
