@@ -78,10 +78,8 @@ pub(super) async fn finish(
                 emitter.outcome(EventStatus::Retrying, Vec::new(), None, Some(error), BTreeMap::new()).await?;
                 // The copy keeps the job's headers and priority; only the attempt changes. Mandatory: a
                 // retry queue that is not there must fail the publish, not swallow the job.
-                let mut copy =
-                    delivery.message.clone().with_header(ATTEMPT_HEADER, HeaderValue::Int(next_attempt.into()));
-                copy.persistent = true;
-                copy.mandatory = true;
+                let (copy, _) = super::copy::copy_of(&delivery.message);
+                let copy = copy.with_header(ATTEMPT_HEADER, HeaderValue::Int(next_attempt.into()));
                 ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &copy).await?;
                 shared.metrics.retries.get_or_create(&Metrics::kind(kind.as_str())).inc();
                 delivery.acker.ack(false).await
@@ -141,7 +139,7 @@ pub(super) async fn give_back(ctx: &SessionCtx, delivery: &Delivery) {
     }
 }
 
-/// Publishes the dead-letter copy (confirmed, mandatory) with why it died.
+/// Publishes the dead-letter copy (confirmed, mandatory, headers too large to copy left out) with why it died.
 pub(super) async fn dead_letter(
     shared: &Shared,
     ctx: &SessionCtx,
@@ -150,14 +148,11 @@ pub(super) async fn dead_letter(
     code: ErrorCode,
     reason: &str,
 ) -> Result<(), BrokerError> {
-    let mut copy = delivery
-        .message
-        .clone()
-        .with_header(REASON_HEADER, HeaderValue::Text(reason.to_string()))
+    let (copy, dropped) = super::copy::copy_of(&delivery.message);
+    let mut copy = copy
+        .with_header(REASON_HEADER, HeaderValue::Text(format!("{reason}{}", super::copy::dropped_note(dropped))))
         .with_header(ERROR_CODE_HEADER, HeaderValue::Text(code.as_str().to_string()))
         .with_header(ATTEMPT_HEADER, HeaderValue::Int(attempt.into()));
-    copy.persistent = true;
-    copy.mandatory = true;
     copy.content_type = Some("application/json".into());
     ctx.publisher.publish(&shared.topology.dead_letter_exchange(), "", &copy).await
 }

@@ -57,10 +57,8 @@ pub(super) fn install(shared: &Arc<Shared>, ctx: &SessionCtx, kind: JobKind, del
         return None;
     }
     let ttl = Duration::from_secs(jobs.lease_ttl_s);
-    let mut copy =
-        delivery.message.clone().with_header(LEASE_HEADER, HeaderValue::Text(shared.config.worker_id.clone()));
-    copy.persistent = true;
-    copy.mandatory = true;
+    let (copy, _) = super::copy::copy_of(&delivery.message);
+    let copy = copy.with_header(LEASE_HEADER, HeaderValue::Text(shared.config.worker_id.clone()));
     let held = Arc::new(Mutex::new(Held {
         shared: shared.clone(),
         session: ctx.publisher.clone(),

@@ -9,6 +9,7 @@
 //! The limits (`deadline`, `jobs.max_runtime_s`) cancel the job's token and then wait for the pipeline to
 //! stop: its inference slot is free only when the GPU is.
 
+mod copy;
 mod dispose;
 mod infer;
 mod inputs;

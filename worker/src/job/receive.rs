@@ -56,29 +56,14 @@ fn job_id_of(body: &[u8]) -> String {
         .unwrap_or_else(|| format!("invalid-{}", &hex::encode(Sha256::digest(body))[..16]))
 }
 
-/// The dead letter of an invalid message keeps the message's own headers only while they total at most this
-/// many bytes (names and values): the copy adds its own headers, and a content header larger than the
-/// broker's `frame_max` (128 KiB by default) makes the broker close the connection — the message comes back
-/// and closes it again, for ever. Text that is not UTF-8 grows up to threefold on its way in (replacement
-/// characters), so a message the broker took can come out too large.
-const MAX_COPIED_HEADERS: usize = 32 * 1024;
-
 /// The dead-letter copy of an invalid message: the message with the reason, the code and the attempt,
-/// without its own headers when they are too large to copy (see [`MAX_COPIED_HEADERS`]).
+/// without its own headers when they are too large to copy (see [`super::copy`]).
 fn dead_letter_copy(message: &Message, attempt: u32, err: &ContractError) -> Message {
-    let mut copy = message.clone();
-    let size: usize = copy.headers.iter().map(|(name, value)| name.len() + value.as_text().map_or(8, str::len)).sum();
-    let mut reason = err.to_string();
-    if size > MAX_COPIED_HEADERS {
-        reason.push_str(&format!(" (its headers, {size} bytes, are not copied here)"));
-        copy.headers.clear();
-    }
+    let (copy, dropped) = super::copy::copy_of(message);
     let mut copy = copy
-        .with_header(REASON_HEADER, HeaderValue::Text(reason))
+        .with_header(REASON_HEADER, HeaderValue::Text(format!("{err}{}", super::copy::dropped_note(dropped))))
         .with_header(ERROR_CODE_HEADER, HeaderValue::Text(err.code.as_str().to_string()))
         .with_header(ATTEMPT_HEADER, HeaderValue::Int(attempt.into()));
-    copy.persistent = true;
-    copy.mandatory = true;
     copy.content_type = Some("application/json".into());
     copy
 }

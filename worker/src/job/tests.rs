@@ -623,3 +623,27 @@ async fn leased_jobs_still_count_against_the_prefetch() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), runner).await.expect("the runner stops").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_jobs_dead_letter_leaves_out_headers_too_large_to_copy() {
+    let mut bed = Bed::new(Options {
+        tweak: |c| {
+            c.mock.failure_rate = 1.0;
+            c.mock.failure = ainern2d_pipelines::FaultKind::Permanent;
+        },
+        ..Default::default()
+    })
+    .await;
+    // 48 KiB that were not UTF-8 come in as 144 KiB of replacement characters: too large to publish again.
+    let big = String::from_utf8_lossy(&[0xff; 48 * 1024]).into_owned();
+    bed.submit("big-headers-1", &[("x-bytes", HeaderValue::Text(big))]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    let mut dead = bed.raw.subscribe(&bed.shared.topology.dead_letter_queue(), "dead", 0).await.unwrap();
+    let letter =
+        tokio::time::timeout(Duration::from_secs(2), dead.next()).await.expect("a dead letter").unwrap().unwrap();
+    assert!(!letter.message.headers.contains_key("x-bytes"));
+    let reason = letter.message.headers[ainern2d_contract::topology::REASON_HEADER].as_text().unwrap();
+    assert!(reason.contains("are not copied here"), "{reason}");
+    assert_eq!(letter.message.header_u32(ATTEMPT_HEADER), Some(1));
+}
