@@ -87,7 +87,9 @@ impl Shared {
     /// The daemon's parts as the config names them: RabbitMQ at `broker.url`, the configured store.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let store: Arc<dyn ArtifactStore> = match config.store.kind {
-            StoreKind::S3 => Arc::new(s3::S3Store::from_config(&config.store)?),
+            StoreKind::S3 => Arc::new(
+                s3::S3Store::from_config(&config.store)?.with_upload_journal(config.scratch_dir.join("uploads")),
+            ),
             StoreKind::Local => Arc::new(LocalStore::new(config.store.local_dir.clone())),
         };
         let broker = Arc::new(ainern2d_queue::amqp::AmqpBroker::new(config.broker.url.clone()));
@@ -241,6 +243,7 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop.clone()));
     tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
+    tokio::spawn(recover_store(shared.clone(), shutdown.clone()));
     let sweeping = shared.clone();
     tokio::task::spawn_blocking(move || {
         let swept = sweeping.scratch.sweep();
@@ -261,6 +264,12 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
         }
         Err(e) => Err(e),
     };
+    // Uploads this process could not abort while S3 was away (or that a dead one left): one more try.
+    match tokio::time::timeout(Duration::from_secs(5), shared.store.recover()).await {
+        Ok(0) => {}
+        Ok(aborted) => tracing::info!(aborted, "aborted multipart uploads left open"),
+        Err(_) => tracing::warn!("the store did not answer the last cleanup within 5 s"),
+    }
     http_stop.cancel();
     // A client holding a request open must not keep the worker from exiting.
     if tokio::time::timeout(Duration::from_secs(5), http).await.is_err() {
@@ -314,6 +323,18 @@ async fn warm_up(shared: &Arc<Shared>, shutdown: &CancellationToken) -> anyhow::
 }
 
 /// Creates the output bucket when configured to, then keeps the store's readiness current.
+/// Aborts the multipart uploads dead processes (on this scratch root) left open, and those this one gave
+/// up aborting, at start and every 30 s.
+async fn recover_store(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let aborted = shared.store.recover().await;
+        if aborted > 0 {
+            tracing::info!(aborted, "aborted multipart uploads that dead workers left open");
+        }
+        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(30)) => {}, _ = shutdown.cancelled() => return }
+    }
+}
+
 async fn watch_store(shared: Arc<Shared>, shutdown: CancellationToken) {
     let bucket = shared.config.store.bucket.clone();
     let mut ensured = !shared.config.store.create_bucket;

@@ -3,7 +3,8 @@
 //! the standard AWS chain (environment, profile, web identity, container, instance metadata); never from
 //! a built-in default.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 
 mod credentials;
+pub mod journal;
 
 use credentials::AwsChain;
 pub use credentials::{CredentialSource, credential_source};
@@ -33,6 +35,8 @@ pub struct S3Store {
     /// What `Debug` shows: never the credentials.
     endpoint: String,
     credentials: CredentialSource,
+    /// Where open multipart uploads are recorded, so a later process can abort what this one could not.
+    journal: Option<Arc<journal::UploadJournal>>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -110,7 +114,15 @@ impl S3Store {
             part_size: cfg.part_size_bytes,
             endpoint: cfg.endpoint.clone(),
             credentials: source,
+            journal: None,
         }
+    }
+
+    /// Records open multipart uploads in `dir` (the daemon's `<scratch_dir>/uploads`), and makes
+    /// [`ArtifactStore::recover`] abort the ones a dead process left there.
+    pub fn with_upload_journal(mut self, dir: PathBuf) -> Self {
+        self.journal = Some(Arc::new(journal::UploadJournal::new(dir)));
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -139,12 +151,20 @@ impl S3Store {
         let upload_id =
             created.upload_id().ok_or_else(|| StoreError::Unavailable("S3 returned no upload id".into()))?.to_string();
         // Until it completes, an upload that fails or whose future is dropped (a cancelled job) is aborted,
-        // so no orphaned parts are left behind; the job is retried with a fresh upload.
+        // so no orphaned parts are left behind; the job is retried with a fresh upload. What this process
+        // cannot abort (it is killed, or S3 does not answer) its journal record leaves to a later reaper.
+        let record = journal::Record { bucket: bucket.into(), key: key.into(), upload_id: upload_id.clone() };
+        let entry = self.journal.as_ref().and_then(|j| {
+            j.open(&record)
+                .map_err(|e| tracing::warn!(dir = %j.dir().display(), "cannot record an open multipart upload: {e}"))
+                .ok()
+        });
         let mut guard = AbortOnDrop {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             key: key.to_string(),
             upload_id: Some(upload_id.clone()),
+            entry,
         };
         let result = async {
             let mut parts = Vec::new();
@@ -189,10 +209,28 @@ impl S3Store {
         }
         .await;
         match &result {
-            Ok(()) => guard.upload_id = None,
+            Ok(()) => {
+                guard.upload_id = None;
+                if let Some(entry) = guard.entry.take() {
+                    entry.remove();
+                }
+            }
             Err(_) => guard.abort().await,
         }
         result
+    }
+}
+
+/// Aborts an open upload. `Ok(true)`: aborted; `Ok(false)`: the server no longer knows it (or will never
+/// let us abort it), so there is nothing left to do; `Err`: try again later.
+async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<bool, StoreError> {
+    match client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await {
+        Ok(_) => Ok(true),
+        Err(e) => match sdk("abort multipart upload", bucket, key)(e) {
+            // NoSuchUpload (done already), NoSuchBucket, AccessDenied (s3s-fs's answer to an unknown id).
+            StoreError::Rejected(_) => Ok(false),
+            e => Err(e),
+        },
     }
 }
 
@@ -203,13 +241,28 @@ struct AbortOnDrop {
     key: String,
     /// `None` once the upload completed or was aborted.
     upload_id: Option<String>,
+    /// The upload's journal record: removed once it is completed or aborted, left (unlocked) otherwise.
+    entry: Option<journal::Entry>,
 }
 
 impl AbortOnDrop {
     async fn abort(&mut self) {
         if let Some(id) = self.upload_id.take() {
-            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(id).send().await;
+            finish_abort(&self.client, &self.bucket, &self.key, &id, self.entry.take()).await;
         }
+    }
+}
+
+async fn finish_abort(client: &Client, bucket: &str, key: &str, upload_id: &str, entry: Option<journal::Entry>) {
+    match abort_upload(client, bucket, key, upload_id).await {
+        Ok(_) => {
+            if let Some(entry) = entry {
+                entry.remove();
+            }
+        }
+        Err(e) => tracing::warn!(
+            %bucket, %key, "could not abort an unfinished multipart upload (its journal record stays for a later try): {e}"
+        ),
     }
 }
 
@@ -217,13 +270,9 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         let Some(id) = self.upload_id.take() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (client, bucket, key) =
-            (self.client.clone(), std::mem::take(&mut self.bucket), std::mem::take(&mut self.key));
-        runtime.spawn(async move {
-            if let Err(e) = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(id).send().await {
-                tracing::warn!(%bucket, %key, "could not abort a cancelled multipart upload: {e}");
-            }
-        });
+        let (client, bucket, key, entry) =
+            (self.client.clone(), std::mem::take(&mut self.bucket), std::mem::take(&mut self.key), self.entry.take());
+        runtime.spawn(async move { finish_abort(&client, &bucket, &key, &id, entry).await });
     }
 }
 
@@ -361,6 +410,25 @@ impl ArtifactStore for S3Store {
 
     async fn check(&self, bucket: &str) -> Result<(), StoreError> {
         self.client.head_bucket().bucket(bucket).send().await.map(|_| ()).map_err(sdk("head bucket", bucket, ""))
+    }
+
+    async fn recover(&self) -> usize {
+        let Some(journal) = self.journal.clone() else { return 0 };
+        let orphans = tokio::task::spawn_blocking(move || journal.orphans()).await.unwrap_or_default();
+        let mut aborted = 0;
+        for (record, entry) in orphans {
+            match abort_upload(&self.client, &record.bucket, &record.key, &record.upload_id).await {
+                Ok(done) => {
+                    aborted += usize::from(done);
+                    entry.remove();
+                }
+                Err(e) => tracing::warn!(
+                    bucket = %record.bucket, key = %record.key,
+                    "could not abort a multipart upload a dead process left open; trying again later: {e}"
+                ),
+            }
+        }
+        aborted
     }
 }
 

@@ -71,6 +71,11 @@ pub trait ArtifactStore: Send + Sync {
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
     /// Readiness probe.
     async fn check(&self, bucket: &str) -> Result<(), StoreError>;
+    /// Cleans up what a dead process left unfinished in the store (S3: aborts the multipart uploads it
+    /// left open); returns how many. The daemon calls it at start, every 30 s and before it exits.
+    async fn recover(&self) -> usize {
+        0
+    }
 }
 
 /// A directory tree: `<root>/<bucket>/<key>`, with metadata in `<root>/.meta/<bucket>/<key>.json`.

@@ -22,6 +22,8 @@ pub struct Figures {
     pub lost: usize,
     /// Jobs with two different outcomes, or output objects that are not exactly the expected ones.
     pub duplicated: usize,
+    /// Multipart uploads left open by killed workers that a later worker aborted (from the workers' logs).
+    pub uploads_aborted: usize,
     /// Processes that exited without being killed (restarted by the watchdog).
     pub unexpected_exits: Vec<String>,
     /// Submissions the hub did not answer 2xx at once (retried).
@@ -46,6 +48,7 @@ impl Figures {
         self.dead_lettered += other.dead_lettered;
         self.reannounced += other.reannounced;
         self.duplicate_dead_letters += other.duplicate_dead_letters;
+        self.uploads_aborted += other.uploads_aborted;
         self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.unexpected_exits.extend(other.unexpected_exits.iter().cloned());
@@ -61,7 +64,7 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "jobs {} (succeeded {}, failed {}, dead-lettered {}), kills {kills} {:?}, faults {:?}, re-announced {}, \
-             duplicate dead letters {}, lost {}, duplicated {}, submit retries {}, unexpected exits {}, \
+             duplicate dead letters {}, open uploads aborted {}, lost {}, duplicated {}, submit retries {}, unexpected exits {}, \
              settle {:.1}s, took {:.1}s",
             self.jobs,
             self.succeeded,
@@ -71,6 +74,7 @@ impl std::fmt::Display for Figures {
             self.faults,
             self.reannounced,
             self.duplicate_dead_letters,
+            self.uploads_aborted,
             self.lost,
             self.duplicated,
             self.submit_retries,

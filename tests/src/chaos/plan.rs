@@ -16,6 +16,9 @@ pub enum Phase {
     Inferring,
     /// A PUT (or a multipart request) of an output is on its way.
     Uploading,
+    /// A part of a multipart upload is on its way: the upload is open on the server. Scheduled once in
+    /// rounds with a multipart job (never picked at random), waiting as long as that job may take.
+    UploadingPart,
     /// S3 has answered the output's PUT (or completed its multipart upload): the object is stored, no
     /// outcome is out yet.
     Publishing,
@@ -31,6 +34,7 @@ impl Phase {
             Phase::Fetching => "fetching",
             Phase::Inferring => "inferring",
             Phase::Uploading => "uploading",
+            Phase::UploadingPart => "uploading-part",
             Phase::Publishing => "publishing",
             Phase::Acking => "acking",
         }
@@ -153,6 +157,15 @@ impl Plan {
                 restart_after: r.millis(0, 1500),
             };
             faults.push(Scheduled { at: at(&mut r), fault });
+        }
+        if multipart {
+            let fault = Fault::KillWorker {
+                slot: r.range(0, replicas as u64 - 1) as usize,
+                phase: Phase::UploadingPart,
+                jitter: r.millis(0, 15),
+                restart_after: r.millis(0, 1500),
+            };
+            faults.push(Scheduled { at: r.millis(300, window.as_millis() as u64 / 2), fault });
         }
         if r.chance(if long { 0.5 } else { 0.35 }) {
             let fault = match r.range(0, 2) {

@@ -322,6 +322,16 @@ relay_interval_ms = 250
     fn keep_log(&self, process: &Worker, name: &str) {
         let n = self.spawned.fetch_add(1, Ordering::SeqCst);
         let _ = std::fs::copy(&process.log, self.log_dir.join(format!("{n:03}-{name}.log")));
+        // What the worker cleaned up after others: multipart uploads dead workers left open.
+        let recovered: usize = process
+            .logs()
+            .lines()
+            .filter(|l| l.contains("aborted multipart uploads"))
+            .filter_map(|l| {
+                l.split("\"aborted\":").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok()
+            })
+            .sum();
+        self.figures.lock().unwrap().uploads_aborted += recovered;
     }
 
     fn count_fault(&self, label: &str) {
@@ -665,6 +675,8 @@ async fn exit_within(process: &mut Worker, within: Duration) -> Option<i32> {
     }
 }
 
+/// The files under a scratch root, and any process directory (`w-*`) left there; the empty `uploads/`
+/// journal directory is expected.
 fn files_under(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -672,9 +684,14 @@ fn files_under(root: &Path) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
-            found.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+            let shown = path.strip_prefix(root).unwrap_or(&path).display().to_string();
             if path.is_dir() {
+                if dir == root && entry.file_name().to_string_lossy().starts_with("w-") {
+                    found.push(format!("{shown}/"));
+                }
                 stack.push(path);
+            } else {
+                found.push(shown);
             }
         }
     }

@@ -77,12 +77,17 @@ impl Round {
 
     /// The slot of the first worker seen in `phase` within the plan's trigger wait.
     async fn wait_phase(&self, phase: Phase) -> Option<usize> {
-        let deadline = tokio::time::sleep(self.plan.trigger_wait);
+        // The one multipart job may be submitted last: wait for it as long as it may take.
+        let wait = match phase {
+            Phase::UploadingPart => self.plan.submit_over + Duration::from_secs(15),
+            _ => self.plan.trigger_wait,
+        };
+        let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         let out = format!("/{}/out/", self.bucket);
         let input = format!("/{}/in/", self.bucket);
         match phase {
-            Phase::Fetching | Phase::Uploading | Phase::Publishing => {
+            Phase::Fetching | Phase::Uploading | Phase::UploadingPart | Phase::Publishing => {
                 let mut rx = self.env.seen.subscribe();
                 loop {
                     let seen = tokio::select! {
@@ -99,6 +104,9 @@ impl Round {
                             seen.status.is_none() && seen.method == "GET" && seen.target.starts_with(&input)
                         }
                         Phase::Uploading => seen.status.is_none() && upload(&seen),
+                        Phase::UploadingPart => {
+                            seen.status.is_none() && seen.method == "PUT" && seen.target.contains("partNumber=")
+                        }
                         _ => {
                             // The answer that stores the object: a PUT's (not a part's), or the completion's.
                             seen.status == Some(200)
