@@ -7,7 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
     pub jobs: usize,
-    /// Worker kills by the phase they landed in (`random`: no worker reached the phase in time).
+    /// Worker kills by the phase they landed in (`random`: no worker reached the phase in time; `skipped`:
+    /// every worker it could have killed was down already).
     pub kills: BTreeMap<String, usize>,
     /// Other faults by type.
     pub faults: BTreeMap<String, usize>,
@@ -60,7 +61,7 @@ impl Figures {
 
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kills: usize = self.kills.values().sum();
+        let kills: usize = self.kills.iter().filter(|(k, _)| *k != "skipped").map(|(_, n)| n).sum();
         write!(
             f,
             "jobs {} (succeeded {}, failed {}, dead-lettered {}), kills {kills} {:?}, faults {:?}, re-announced {}, \

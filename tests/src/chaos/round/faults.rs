@@ -7,20 +7,36 @@ impl Round {
         let env = &self.env;
         match fault {
             Fault::KillWorker { slot, phase, jitter, restart_after } => {
-                let hit = self.wait_phase(phase).await;
                 // In inference, land anywhere in the mock's latency, not only at its start.
                 let jitter = match phase {
                     Phase::Inferring => jitter * (self.plan.latency_ms / 30).max(1) as u32,
                     _ => jitter,
                 };
-                tokio::time::sleep(jitter).await;
-                let (slot, label) = match hit {
-                    Some(s) => (s, phase.name()),
-                    None => (slot, "random"),
+                // A trigger from a worker that is down already (its last events still arriving) is
+                // waited for again.
+                let mut victim = None;
+                for _ in 0..3 {
+                    let hit = self.wait_phase(phase).await;
+                    tokio::time::sleep(jitter).await;
+                    let (slot, label) = match hit {
+                        Some(s) => (s, phase.name()),
+                        None => (slot, "random"),
+                    };
+                    let mut candidates: Vec<usize> = vec![slot];
+                    if hit.is_none() {
+                        candidates.extend((0..self.slots.len()).filter(|s| *s != slot));
+                    }
+                    if let Some((s, w)) =
+                        candidates.into_iter().find_map(|s| self.slots[s].lock().unwrap().take().map(|w| (s, w)))
+                    {
+                        victim = Some((s, w, label));
+                        break;
+                    }
+                }
+                let Some((slot, mut worker, label)) = victim else {
+                    *self.figures.lock().unwrap().kills.entry("skipped".into()).or_default() += 1;
+                    return;
                 };
-                let taken = self.slots[slot].lock().unwrap().take();
-                // Another kill of this slot is between its kill and its restart.
-                let Some(mut worker) = taken else { return };
                 worker.kill9();
                 self.keep_log(&worker, &format!("worker{slot}-killed-{label}"));
                 drop(worker);
