@@ -172,7 +172,11 @@ async fn run(
         guard = registration.exclusive() => guard,
         _ = cancel.cancelled() => return Err(cancelled()),
     };
-    if let Some(outputs) = replay::stored_outputs(shared, job, delivery, attempt).await {
+    let stored = replay::stored_outputs(shared, job, delivery, attempt).await.map_err(|e| {
+        let why = format!("could not look for the outputs of an earlier run in the store: {e}");
+        Stop::Failed(Failure::new(ErrorCode::UploadFailed, true, why))
+    })?;
+    if let Some(outputs) = stored {
         tracing::info!("outputs already stored by an earlier delivery; re-announcing success");
         let timings = BTreeMap::from([("total".to_string(), ms(received.elapsed()))]);
         return Ok(Done { outputs, execution: None, timings });

@@ -10,6 +10,7 @@ use ainern2d_contract::{Job, OutputObject};
 use ainern2d_queue::Delivery;
 
 use crate::Shared;
+use crate::store::StoreError;
 
 /// Whether this delivery may follow an earlier run of the job.
 pub(super) fn may_have_run(delivery: &Delivery, attempt: u32) -> bool {
@@ -22,18 +23,20 @@ pub(super) async fn stored_outputs(
     job: &Job,
     delivery: &Delivery,
     attempt: u32,
-) -> Option<Vec<OutputObject>> {
+) -> Result<Option<Vec<OutputObject>>, StoreError> {
     if !may_have_run(delivery, attempt) {
-        return None;
+        return Ok(None);
     }
     let bucket = super::upload::bucket_of(shared, job);
     let ttl = Duration::from_secs(shared.config.store.presign_ttl_s);
     let mut outputs = Vec::new();
     for name in shared.pipelines[&job.kind()].output_names(job) {
         let key = job.output_key(&name);
-        let object = shared.store.head(bucket, &key).await.ok()??;
+        // A store that cannot answer is not a store without the outputs: running the job again would give
+        // a job that already succeeded a second, perhaps different, outcome.
+        let Some(object) = shared.store.head(bucket, &key).await? else { return Ok(None) };
         // Only a checksum this worker wrote is trusted; anything else means "run it again".
-        let sha256 = object.sha256.filter(|s| is_sha256(s))?;
+        let Some(sha256) = object.sha256.filter(|s| is_sha256(s)) else { return Ok(None) };
         let presigned_url = shared.store.presign_get(bucket, &key, ttl).await.ok();
         outputs.push(OutputObject {
             name,
@@ -46,7 +49,7 @@ pub(super) async fn stored_outputs(
         });
     }
     // A pipeline that names no outputs (noop) has nothing to find: run it.
-    (!outputs.is_empty()).then_some(outputs)
+    Ok((!outputs.is_empty()).then_some(outputs))
 }
 
 fn is_sha256(s: &str) -> bool {
