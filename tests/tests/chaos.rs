@@ -7,7 +7,8 @@
 //! - `AINERN2D_CHAOS_SEED`: run exactly that round (the seed a report or a failure printed);
 //! - `AINERN2D_CHAOS_BASE_SEED`: the run's first seed (default: from the clock, printed);
 //! - `AINERN2D_CHAOS_LONG=1`: long rounds (more jobs, faults up to 60 s) for the report;
-//! - `AINERN2D_CHAOS_KEEP_GOING=1`: run every round and fail at the end, instead of at the first failure.
+//! - `AINERN2D_CHAOS_KEEP_GOING=1`: run every round and fail at the end, instead of at the first failure;
+//! - `AINERN2D_CHAOS_KEEP_LOGS=1`: keep every round's process logs, not only a failing round's.
 //!
 //! `cargo test -p ainern2d-tests --test chaos -- --nocapture` shows each round's plan and figures.
 

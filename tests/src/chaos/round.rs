@@ -165,7 +165,7 @@ pub async fn run(env: &Arc<Env>, plan: Plan) -> RoundResult {
     round.cleanup().await;
     let mut figures = round.figures.lock().unwrap().clone();
     figures.took = started.elapsed();
-    if violations.is_empty() {
+    if violations.is_empty() && std::env::var_os("AINERN2D_CHAOS_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&log_dir);
     }
     let _ = std::fs::remove_dir_all(&round_dir);
