@@ -647,3 +647,46 @@ async fn a_failed_jobs_dead_letter_leaves_out_headers_too_large_to_copy() {
     assert!(reason.contains("are not copied here"), "{reason}");
     assert_eq!(letter.message.header_u32(ATTEMPT_HEADER), Some(1));
 }
+
+/// A store whose `head` fails: the store is down when the replay check asks.
+struct HeadFails(LocalStore);
+
+#[async_trait]
+impl ArtifactStore for HeadFails {
+    async fn put(&self, b: &str, k: &str, f: &Path, ct: &str, sha: &str) -> Result<(), StoreError> {
+        self.0.put(b, k, f, ct, sha).await
+    }
+    async fn head(&self, _: &str, _: &str) -> Result<Option<StoredObject>, StoreError> {
+        Err(StoreError::Unavailable("connection reset".into()))
+    }
+    async fn presign_get(&self, b: &str, k: &str, ttl: Duration) -> Result<String, StoreError> {
+        self.0.presign_get(b, k, ttl).await
+    }
+    async fn get_to_file(&self, b: &str, k: &str, d: &Path, max: u64) -> Result<u64, StoreError> {
+        self.0.get_to_file(b, k, d, max).await
+    }
+    async fn ensure_bucket(&self, b: &str) -> Result<(), StoreError> {
+        self.0.ensure_bucket(b).await
+    }
+    async fn check(&self, b: &str) -> Result<(), StoreError> {
+        self.0.check(b).await
+    }
+}
+
+#[tokio::test]
+async fn a_replay_check_the_store_cannot_answer_retries_instead_of_running_the_job_again() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(10), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ArtifactStore> = Arc::new(HeadFails(LocalStore::new(dir.path().to_path_buf())));
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), store: Some(store), ..Default::default() }).await;
+    // Attempt 2 may follow a run that succeeded: the store must be asked, and it does not answer.
+    bed.submit("replay-down-1", &[(ATTEMPT_HEADER, HeaderValue::Int(2))]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 0, "the job ran again without knowing whether it had succeeded");
+    let events = bed.events().await;
+    let retrying: Vec<_> = events.iter().filter(|e| e.status == EventStatus::Retrying).collect();
+    assert_eq!(retrying.len(), 1, "{:?}", statuses(&events));
+    let error = retrying[0].error.as_ref().unwrap();
+    assert!(error.message.contains("earlier run"), "{}", error.message);
+}
