@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use ainern2d_contract::{Event, JobKind, OutputObject};
+use ainern2d_contract::{Event, EventStatus, JobKind, OutputObject};
 
 use super::figures::Figures;
 use super::plan::{MockFailures, Plan};
@@ -129,6 +129,14 @@ pub fn check(plan: &Plan, ev: &Evidence, figures: &mut Figures) -> Vec<String> {
             v.push(format!("{id}: the hub says `{}`, the events say {statuses:?}", row.status));
         }
         figures.reannounced += events.len().saturating_sub(1);
+        // A pipeline started again after the job's success was out: the replay check did not find the
+        // outputs (or two deliveries ran at once). The mock writes the same bytes again, so the objects
+        // check cannot see it; a pipeline whose output differs run to run would replace an announced one.
+        if let Some(first) = events.iter().filter(|e| e.status == EventStatus::Succeeded).map(|e| e.emitted_at).min()
+            && ev.tap.iter().any(|e| e.job_id == id && e.status == EventStatus::Running && e.emitted_at > first)
+        {
+            figures.reruns_after_success += 1;
+        }
         if let Some(hub) = hub_terminal.get(id)
             && hub.len() > 1
         {
@@ -226,8 +234,6 @@ pub fn check(plan: &Plan, ev: &Evidence, figures: &mut Figures) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use ainern2d_contract::EventStatus;
-
     use super::*;
 
     const SHA: &str = "aa";

@@ -17,6 +17,8 @@ pub struct Figures {
     pub dead_lettered: usize,
     /// Terminal events beyond the first per job (the same outcome re-announced).
     pub reannounced: usize,
+    /// Jobs whose pipeline started again after their success was announced.
+    pub reruns_after_success: usize,
     /// Dead letters beyond the first per job (a worker killed between the dead letter and its ack).
     pub duplicate_dead_letters: usize,
     /// Jobs that ended without a terminal status.
@@ -48,6 +50,7 @@ impl Figures {
         self.failed += other.failed;
         self.dead_lettered += other.dead_lettered;
         self.reannounced += other.reannounced;
+        self.reruns_after_success += other.reruns_after_success;
         self.duplicate_dead_letters += other.duplicate_dead_letters;
         self.uploads_aborted += other.uploads_aborted;
         self.lost += other.lost;
@@ -65,8 +68,8 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "jobs {} (succeeded {}, failed {}, dead-lettered {}), kills {kills} {:?}, faults {:?}, re-announced {}, \
-             duplicate dead letters {}, open uploads aborted {}, lost {}, duplicated {}, submit retries {}, unexpected exits {}, \
-             settle {:.1}s, took {:.1}s",
+             reruns after success {}, duplicate dead letters {}, open uploads aborted {}, lost {}, duplicated {}, \
+             submit retries {}, unexpected exits {}, settle {:.1}s, took {:.1}s",
             self.jobs,
             self.succeeded,
             self.failed,
@@ -74,6 +77,7 @@ impl std::fmt::Display for Figures {
             self.kills,
             self.faults,
             self.reannounced,
+            self.reruns_after_success,
             self.duplicate_dead_letters,
             self.uploads_aborted,
             self.lost,
