@@ -89,6 +89,15 @@ async fn a_dropped_multipart_upload_is_aborted() {
         async move {
             let query = uri.query().unwrap_or_default().to_string();
             record.lock().unwrap().push(format!("{method} {query}"));
+            if method == Method::GET && query.contains("uploads") {
+                // Two open uploads under the prefix; only the one of exactly the recorded key is ours.
+                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+                    <IsTruncated>false</IsTruncated>\
+                    <Upload><Key>p/intent/out.bin</Key><UploadId>up-intent</UploadId></Upload>\
+                    <Upload><Key>p/intent/out.bin.other</Key><UploadId>up-other</UploadId></Upload>\
+                    </ListMultipartUploadsResult>";
+                return (StatusCode::OK, xml.to_string());
+            }
             if method == Method::POST && query.contains("uploads") {
                 let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult>\
                     <Bucket>b</Bucket><Key>p/j/big.bin</Key><UploadId>up-1</UploadId></InitiateMultipartUploadResult>";
@@ -211,6 +220,15 @@ async fn multipart_uploads_left_open_are_aborted_by_recover() {
         async move {
             let query = uri.query().unwrap_or_default().to_string();
             record.lock().unwrap().push(format!("{method} {query}"));
+            if method == Method::GET && query.contains("uploads") {
+                // Two open uploads under the prefix; only the one of exactly the recorded key is ours.
+                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+                    <IsTruncated>false</IsTruncated>\
+                    <Upload><Key>p/intent/out.bin</Key><UploadId>up-intent</UploadId></Upload>\
+                    <Upload><Key>p/intent/out.bin.other</Key><UploadId>up-other</UploadId></Upload>\
+                    </ListMultipartUploadsResult>";
+                return (StatusCode::OK, xml.to_string());
+            }
             if method == Method::POST && query.contains("uploads") {
                 let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult>\
                     <Bucket>b</Bucket><Key>p/j/big.bin</Key><UploadId>up-live</UploadId></InitiateMultipartUploadResult>";
@@ -246,13 +264,19 @@ async fn multipart_uploads_left_open_are_aborted_by_recover() {
     // What a killed process leaves: a record nobody holds (the kernel dropped its lock). One that a live
     // process holds is left alone.
     let journal = UploadJournal::new(&journal_dir);
-    let record = |id: &str| Record { bucket: "b".into(), key: format!("p/{id}/out.bin"), upload_id: id.into() };
+    let record = |id: &str| Record { bucket: "b".into(), key: format!("p/{id}/out.bin"), upload_id: Some(id.into()) };
     drop(journal.open(&record("up-dead")).unwrap());
     let held = journal.open(&record("up-held")).unwrap();
     assert_eq!(store.recover().await, 1);
     assert_eq!((deletes("uploadId=up-dead"), deletes("uploadId=up-held")), (1, 0));
     assert_eq!(records(), 1, "only the held record is left");
     held.remove();
+    // A process that died after asking for an upload and before the answer with its id: the record has
+    // no id, and the upload is looked up by its key.
+    drop(journal.open(&Record { upload_id: None, ..record("intent") }).unwrap());
+    assert_eq!(store.recover().await, 1);
+    assert_eq!((deletes("uploadId=up-intent"), deletes("uploadId=up-other")), (1, 0));
+    assert_eq!(records(), 0);
 
     // A real upload records itself while it is open; cancelled while S3 refuses the abort, its record
     // stays for the next recover, which aborts it.
@@ -293,4 +317,27 @@ async fn multipart_uploads_left_open_are_aborted_by_recover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!((aborted, records()), (1, 0));
+}
+
+/// s3s-fs does not list multipart uploads: a record without an upload id (its process died before the
+/// answer to the creation) cannot be resolved there; the reaper says so and drops it rather than trying
+/// for ever.
+#[tokio::test]
+async fn a_record_without_an_upload_id_is_dropped_where_uploads_cannot_be_listed() {
+    use ainern2d_worker::s3::journal::{Record, UploadJournal};
+    let bucket = unique("store-intent").to_lowercase();
+    create_bucket(&s3().await, &bucket).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        endpoint: s3_endpoint(),
+        access_key_id: S3_KEY.into(),
+        secret_access_key: S3_KEY.into(),
+        ..StoreConfig::default()
+    };
+    let store = S3Store::new(&config).with_upload_journal(dir.path().join("uploads"));
+    let journal = UploadJournal::new(dir.path().join("uploads"));
+    drop(journal.open(&Record { bucket: bucket.clone(), key: "p/j/out.bin".into(), upload_id: None }).unwrap());
+    assert_eq!(store.recover().await, 0);
+    assert!(journal.orphans().is_empty(), "the record is dropped");
+    delete_bucket(&s3().await, &bucket).await;
 }

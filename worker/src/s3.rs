@@ -129,6 +129,36 @@ impl S3Store {
         &self.client
     }
 
+    /// The ids of the open multipart uploads of exactly `bucket/key`. `Rejected` when the server does not
+    /// list uploads (s3s-fs answers NotImplemented).
+    async fn uploads_of(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| match sdk("list multipart uploads", bucket, key)(e) {
+                    StoreError::Unavailable(m) if m.contains("NotImplemented") => StoreError::Rejected(m),
+                    other => other,
+                })?;
+            ids.extend(
+                page.uploads().iter().filter(|u| u.key() == Some(key)).filter_map(|u| u.upload_id().map(str::to_owned)),
+            );
+            if page.is_truncated() != Some(true) {
+                return Ok(ids);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+    }
+
     async fn put_multipart(
         &self,
         bucket: &str,
@@ -138,6 +168,15 @@ impl S3Store {
         content_type: &str,
         sha256: &str,
     ) -> Result<(), StoreError> {
+        // Recorded before it exists: the server may create the upload and this process die before the
+        // answer with its id arrives. What this process cannot finish or abort (it is killed, or S3 does
+        // not answer) its journal record leaves to a later reaper.
+        let mut record = journal::Record { bucket: bucket.into(), key: key.into(), upload_id: None };
+        let mut entry = self.journal.as_ref().and_then(|j| {
+            j.open(&record)
+                .map_err(|e| tracing::warn!(dir = %j.dir().display(), "cannot record an open multipart upload: {e}"))
+                .ok()
+        });
         let created = self
             .client
             .create_multipart_upload()
@@ -147,18 +186,28 @@ impl S3Store {
             .metadata(SHA_META, sha256)
             .send()
             .await
-            .map_err(sdk("create multipart upload", bucket, key))?;
+            .map_err(sdk("create multipart upload", bucket, key));
+        // A failed creation may still have created it (the answer was lost): the record stays for the
+        // reaper to look the upload up. Only a refusal is sure to have created nothing.
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let (StoreError::Rejected(_), Some(entry)) = (&e, entry.take()) {
+                    entry.remove();
+                }
+                return Err(e);
+            }
+        };
         let upload_id =
             created.upload_id().ok_or_else(|| StoreError::Unavailable("S3 returned no upload id".into()))?.to_string();
+        record.upload_id = Some(upload_id.clone());
+        if let Some(entry) = entry.as_mut()
+            && let Err(e) = entry.update(&record)
+        {
+            tracing::warn!("cannot record the id of an open multipart upload: {e}");
+        }
         // Until it completes, an upload that fails or whose future is dropped (a cancelled job) is aborted,
-        // so no orphaned parts are left behind; the job is retried with a fresh upload. What this process
-        // cannot abort (it is killed, or S3 does not answer) its journal record leaves to a later reaper.
-        let record = journal::Record { bucket: bucket.into(), key: key.into(), upload_id: upload_id.clone() };
-        let entry = self.journal.as_ref().and_then(|j| {
-            j.open(&record)
-                .map_err(|e| tracing::warn!(dir = %j.dir().display(), "cannot record an open multipart upload: {e}"))
-                .ok()
-        });
+        // so no orphaned parts are left behind; the job is retried with a fresh upload.
         let mut guard = AbortOnDrop {
             client: self.client.clone(),
             bucket: bucket.to_string(),
@@ -417,13 +466,40 @@ impl ArtifactStore for S3Store {
         let orphans = tokio::task::spawn_blocking(move || journal.orphans()).await.unwrap_or_default();
         let mut aborted = 0;
         for (record, entry) in orphans {
-            match abort_upload(&self.client, &record.bucket, &record.key, &record.upload_id).await {
-                Ok(done) => {
-                    aborted += usize::from(done);
+            let (bucket, key) = (record.bucket.as_str(), record.key.as_str());
+            let ids = match &record.upload_id {
+                Some(id) => Ok(vec![id.clone()]),
+                None => self.uploads_of(bucket, key).await,
+            };
+            let result = match ids {
+                Ok(ids) => {
+                    let mut done = Ok(0);
+                    for id in ids {
+                        match abort_upload(&self.client, bucket, key, &id).await {
+                            Ok(true) => done = done.map(|n| n + 1),
+                            Ok(false) => {}
+                            Err(e) => done = Err(e),
+                        }
+                    }
+                    done
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(n) => {
+                    aborted += n;
+                    entry.remove();
+                }
+                Err(StoreError::Rejected(e)) => {
+                    tracing::warn!(
+                        %bucket, %key,
+                        "cannot find the id of a multipart upload a dead process began (the server does not list \
+                         uploads); it stays open until a lifecycle rule aborts it: {e}"
+                    );
                     entry.remove();
                 }
                 Err(e) => tracing::warn!(
-                    bucket = %record.bucket, key = %record.key,
+                    %bucket, %key,
                     "could not abort a multipart upload a dead process left open; trying again later: {e}"
                 ),
             }

@@ -64,8 +64,21 @@ pub struct Evidence {
     pub objects: BTreeMap<String, Object>,
     /// The job id of every message in the dead-letter queue.
     pub dead: Vec<String>,
-    /// How incomplete uploads were looked for, and the ones found; `Err`: why they could not be.
-    pub multipart: Result<(String, Vec<String>), String>,
+    /// The incomplete multipart uploads of the bucket; `Err`: why they could not be looked for.
+    pub multipart: Result<Uploads, String>,
+    /// Keys of uploads a worker recorded, whose process died before the server's answer with the upload
+    /// id, and which the worker could not look up (the server does not list uploads): one per record.
+    pub unresolved_uploads: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uploads {
+    /// How they were looked for.
+    pub how: String,
+    /// Through `ListMultipartUploads` (which a worker can use too), not the server's directory.
+    pub listed: bool,
+    /// `(key, upload id)` of each one still open.
+    pub left: Vec<(String, String)>,
 }
 
 const TERMINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "dead_lettered"];
@@ -221,10 +234,21 @@ pub fn check(plan: &Plan, ev: &Evidence, figures: &mut Figures) -> Vec<String> {
     }
 
     match &ev.multipart {
-        Ok((how, left)) => {
-            figures.multipart_check = how.clone();
-            for upload in left {
-                v.push(format!("incomplete multipart upload left behind: {upload}"));
+        Ok(uploads) => {
+            figures.multipart_check = uploads.how.clone();
+            let mut unresolved = ev.unresolved_uploads.clone();
+            for (key, id) in &uploads.left {
+                // Killed between asking for an upload and learning its id, on a server whose uploads a
+                // worker cannot list: a worker reported that record, and nothing could find the upload.
+                // Each report explains one upload of its key.
+                if let Some(i) = unresolved.iter().position(|k| k == key)
+                    && !uploads.listed
+                {
+                    unresolved.swap_remove(i);
+                    figures.uploads_unresolvable += 1;
+                    continue;
+                }
+                v.push(format!("incomplete multipart upload left behind: {key} (upload {id})"));
             }
         }
         Err(why) => figures.multipart_check = format!("skipped: {why}"),
@@ -289,7 +313,8 @@ mod tests {
                 Object { sha_meta: Some(SHA.into()), sha_bytes: SHA.into() },
             )]),
             dead: vec!["gone-1".into()],
-            multipart: Ok(("directory".into(), vec![])),
+            multipart: Ok(Uploads { how: "directory".into(), listed: false, left: vec![] }),
+            unresolved_uploads: vec![],
         };
         (plan, evidence)
     }
@@ -306,6 +331,17 @@ mod tests {
         let (v, f) = violations(&plan, &ev);
         assert!(v.is_empty(), "{v:#?}");
         assert_eq!((f.succeeded, f.failed, f.reannounced, f.lost, f.duplicated), (1, 1, 1, 0, 0));
+    }
+
+    #[test]
+    fn an_upload_no_worker_could_find_on_an_unlisted_server_is_counted_not_failed() {
+        let (plan, mut ev) = clean();
+        let left = vec![("out/ok-0/completion.json".into(), "u".into())];
+        ev.multipart = Ok(Uploads { how: "dir".into(), listed: false, left });
+        ev.unresolved_uploads.push("out/ok-0/completion.json".into());
+        let (v, f) = violations(&plan, &ev);
+        assert!(v.is_empty(), "{v:#?}");
+        assert_eq!(f.uploads_unresolvable, 1);
     }
 
     #[test]
@@ -335,7 +371,31 @@ mod tests {
             ("never submitted", Box::new(|ev| ev.dead.push("stranger".into()))),
             ("nothing in this round explains", Box::new(|ev| ev.rows.get_mut("gone-1").unwrap().error_code = None)),
             ("no terminal event", Box::new(|ev| ev.tap.retain(|e| e.job_id != "gone-1"))),
-            ("incomplete multipart upload", Box::new(|ev| ev.multipart = Ok(("dir".into(), vec!["k (u)".into()])))),
+            (
+                "incomplete multipart upload",
+                Box::new(|ev| {
+                    let left = vec![("out/ok-0/completion.json".into(), "u".into())];
+                    ev.multipart = Ok(Uploads { how: "dir".into(), listed: false, left });
+                }),
+            ),
+            (
+                // Two open uploads of a key, one record the worker could not resolve.
+                "incomplete multipart upload",
+                Box::new(|ev| {
+                    let left = vec![("k".into(), "u1".into()), ("k".into(), "u2".into())];
+                    ev.multipart = Ok(Uploads { how: "dir".into(), listed: false, left });
+                    ev.unresolved_uploads.push("k".into());
+                }),
+            ),
+            (
+                // A listed server: the worker could have found it.
+                "incomplete multipart upload",
+                Box::new(|ev| {
+                    let left = vec![("k".into(), "u".into())];
+                    ev.multipart = Ok(Uploads { how: "list".into(), listed: true, left });
+                    ev.unresolved_uploads.push("k".into());
+                }),
+            ),
         ];
         for (expected, damage) in cases {
             let (plan, mut ev) = clean();

@@ -27,6 +27,11 @@ pub struct Figures {
     pub duplicated: usize,
     /// Multipart uploads left open by killed workers that a later worker aborted (from the workers' logs).
     pub uploads_aborted: usize,
+    /// Keys of multipart uploads whose id a worker could not find (its process died before the server's
+    /// answer; the server does not list uploads), from the workers' logs.
+    pub unresolved_uploads: Vec<String>,
+    /// Uploads left open for that reason (not violations: no worker could find them on this server).
+    pub uploads_unresolvable: usize,
     /// Processes that exited without being killed (restarted by the watchdog).
     pub unexpected_exits: Vec<String>,
     /// Submissions the hub did not answer 2xx at once (retried).
@@ -53,6 +58,7 @@ impl Figures {
         self.reruns_after_success += other.reruns_after_success;
         self.duplicate_dead_letters += other.duplicate_dead_letters;
         self.uploads_aborted += other.uploads_aborted;
+        self.uploads_unresolvable += other.uploads_unresolvable;
         self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.unexpected_exits.extend(other.unexpected_exits.iter().cloned());
@@ -68,7 +74,7 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "jobs {} (succeeded {}, failed {}, dead-lettered {}), kills {kills} {:?}, faults {:?}, re-announced {}, \
-             reruns after success {}, duplicate dead letters {}, open uploads aborted {}, lost {}, duplicated {}, \
+             reruns after success {}, duplicate dead letters {}, open uploads aborted {} (unresolvable {}), lost {}, duplicated {}, \
              submit retries {}, unexpected exits {}, settle {:.1}s, took {:.1}s",
             self.jobs,
             self.succeeded,
@@ -80,6 +86,7 @@ impl std::fmt::Display for Figures {
             self.reruns_after_success,
             self.duplicate_dead_letters,
             self.uploads_aborted,
+            self.uploads_unresolvable,
             self.lost,
             self.duplicated,
             self.submit_retries,

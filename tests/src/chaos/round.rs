@@ -331,7 +331,17 @@ relay_interval_ms = 250
                 l.split("\"aborted\":").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok()
             })
             .sum();
-        self.figures.lock().unwrap().uploads_aborted += recovered;
+        let unresolved: Vec<String> = process
+            .logs()
+            .lines()
+            .filter(|l| l.contains("cannot find the id of a multipart upload"))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["bucket"] == self.bucket.as_str())
+            .filter_map(|l| l["key"].as_str().map(str::to_owned))
+            .collect();
+        let mut figures = self.figures.lock().unwrap();
+        figures.uploads_aborted += recovered;
+        figures.unresolved_uploads.extend(unresolved);
     }
 
     fn count_fault(&self, label: &str) {

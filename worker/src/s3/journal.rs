@@ -4,10 +4,11 @@
 //! aborting while S3 was unreachable, leaves its file behind, unlocked. Any worker on the same scratch
 //! root then aborts that upload ([`super::S3Store::recover`]: at start, every 30 s, and before it exits).
 //!
-//! The file is written under a temporary name, locked, then renamed, so a reaper never sees a record half
-//! written or one whose writer has not locked it yet. The record is written once the server has answered
-//! with the upload id: a kill in the moment between that answer and the write still leaves an upload only
-//! a lifecycle rule removes.
+//! The record is written before the upload is created (bucket and key: the server may create it and the
+//! process die before the answer with its id arrives) and again with the id once it is known; a reaper
+//! that finds a record without an id looks the upload up (`ListMultipartUploads`, which s3s-fs does not
+//! implement: there such an upload stays open). Each write goes to a temporary file, locked, then renamed
+//! over the record, so a reaper never sees a record half written or one whose writer has not locked it.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,7 +25,9 @@ pub struct UploadJournal {
 pub struct Record {
     pub bucket: String,
     pub key: String,
-    pub upload_id: String,
+    /// `None` until the server has answered the upload's creation.
+    #[serde(default)]
+    pub upload_id: Option<String>,
 }
 
 /// A record and its lock, held while it is in hand.
@@ -34,7 +37,24 @@ pub struct Entry {
     _lock: File,
 }
 
+/// Writes `record` to a locked temporary file in `dir` and renames it to `path`; returns the locked file.
+fn write_locked(dir: &Path, path: &Path, record: &Record) -> std::io::Result<File> {
+    let temp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = File::create(&temp)?;
+    file.try_lock().map_err(|e| std::io::Error::other(format!("locking {}: {e}", temp.display())))?;
+    file.write_all(&serde_json::to_vec(record).expect("a record serialises"))?;
+    std::fs::rename(&temp, path)?;
+    Ok(file)
+}
+
 impl Entry {
+    /// Replaces the record (the upload's id is known now); the entry stays locked throughout.
+    pub fn update(&mut self, record: &Record) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self._lock = write_locked(dir, &self.path, record)?;
+        Ok(())
+    }
+
     /// The upload is finished (completed or aborted): forget it.
     pub fn remove(self) {
         if let Err(e) = std::fs::remove_file(&self.path) {
@@ -55,13 +75,8 @@ impl UploadJournal {
     /// Records an open upload; the record stays locked for as long as the entry lives.
     pub fn open(&self, record: &Record) -> std::io::Result<Entry> {
         std::fs::create_dir_all(&self.dir)?;
-        let name = uuid::Uuid::new_v4().simple().to_string();
-        let temp = self.dir.join(format!(".{name}.tmp"));
-        let path = self.dir.join(format!("{name}.json"));
-        let mut file = File::create(&temp)?;
-        file.try_lock().map_err(|e| std::io::Error::other(format!("locking {}: {e}", temp.display())))?;
-        file.write_all(&serde_json::to_vec(record).expect("a record serialises"))?;
-        std::fs::rename(&temp, &path)?;
+        let path = self.dir.join(format!("{}.json", uuid::Uuid::new_v4().simple()));
+        let file = write_locked(&self.dir, &path, record)?;
         Ok(Entry { path, _lock: file })
     }
 
@@ -97,7 +112,7 @@ mod tests {
     use super::*;
 
     fn record(n: u32) -> Record {
-        Record { bucket: "b".into(), key: format!("p/j{n}/out.bin"), upload_id: format!("up-{n}") }
+        Record { bucket: "b".into(), key: format!("p/j{n}/out.bin"), upload_id: Some(format!("up-{n}")) }
     }
 
     #[test]
@@ -118,5 +133,20 @@ mod tests {
         }
         drop(live);
         assert_eq!(journal.orphans().len(), 1, "the live record is an orphan once its holder is gone");
+    }
+
+    #[test]
+    fn an_updated_record_stays_locked_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::new(dir.path());
+        let intent = Record { upload_id: None, ..record(1) };
+        let mut entry = journal.open(&intent).unwrap();
+        entry.update(&record(1)).unwrap();
+        assert!(journal.orphans().is_empty(), "the updated record is still held");
+        drop(entry);
+        let found: Vec<Record> = journal.orphans().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(found, vec![record(1)]);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
     }
 }

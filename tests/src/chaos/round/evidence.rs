@@ -2,6 +2,7 @@
 //! the hash of its bytes, the dead-letter queue, and the incomplete multipart uploads.
 
 use super::*;
+use crate::chaos::check::Uploads;
 
 /// A `jobs` row: id, status, attempt, outputs, error.
 type JobRow = (String, String, i32, Option<serde_json::Value>, Option<serde_json::Value>);
@@ -63,6 +64,7 @@ impl Round {
             objects,
             dead: self.dead_letters().await,
             multipart,
+            unresolved_uploads: self.figures.lock().unwrap().unresolved_uploads.clone(),
         }
     }
 
@@ -82,15 +84,15 @@ impl Round {
 
     /// Incomplete multipart uploads in the round's bucket: `ListMultipartUploads`, or, where the server
     /// does not implement it (s3s-fs), the server's backing directory; `Err` says why neither worked.
-    async fn incomplete_uploads(&self) -> Result<(String, Vec<String>), String> {
+    async fn incomplete_uploads(&self) -> Result<Uploads, String> {
         match self.env.s3.list_multipart_uploads().bucket(&self.bucket).send().await {
             Ok(out) => {
                 let left = out
                     .uploads()
                     .iter()
-                    .map(|u| format!("{} ({})", u.key().unwrap_or("?"), u.upload_id().unwrap_or("?")))
+                    .map(|u| (u.key().unwrap_or("?").to_string(), u.upload_id().unwrap_or("?").to_string()))
                     .collect();
-                Ok(("ListMultipartUploads".into(), left))
+                Ok(Uploads { how: "ListMultipartUploads".into(), listed: true, left })
             }
             Err(e) => {
                 let dir = std::env::var("AINERN2D_TEST_S3_DIR")
@@ -110,9 +112,15 @@ impl Round {
                 let left = entries
                     .flatten()
                     .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                    .filter(|n| n.starts_with(&mine) && n.contains(".upload-") && n.ends_with(".metadata.json"))
+                    .filter_map(|n| {
+                        let rest = n.strip_prefix(&mine)?.strip_suffix(".metadata.json")?;
+                        let (key, id) = rest.split_once(".upload-")?;
+                        let key = String::from_utf8(b64url_decode(key)?).ok()?;
+                        Some((key, id.to_string()))
+                    })
                     .collect();
-                Ok((format!("the s3s-fs directory {} (no ListMultipartUploads)", dir.display()), left))
+                let how = format!("the s3s-fs directory {} (no ListMultipartUploads)", dir.display());
+                Ok(Uploads { how, listed: false, left })
             }
         }
     }
@@ -131,6 +139,22 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
+fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes() {
+        acc = acc << 6 | ABC.iter().position(|a| *a == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -139,7 +163,10 @@ mod tests {
             [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")]
         {
             assert_eq!(super::b64url(plain.as_bytes()), encoded);
+            assert_eq!(super::b64url_decode(encoded).unwrap(), plain.as_bytes());
         }
         assert_eq!(super::b64url(b"\xfb\xff"), "-_8");
+        assert_eq!(super::b64url_decode("-_8").unwrap(), b"\xfb\xff");
+        assert_eq!(super::b64url_decode("b3V0L2F1ZGlvLTEvYXVkaW8ud2F2").unwrap(), b"out/audio-1/audio.wav");
     }
 }
