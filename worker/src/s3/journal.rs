@@ -86,12 +86,14 @@ impl UploadJournal {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
             let Ok(mut file) = File::options().read(true).write(true).open(&path) else { continue };
             if file.try_lock().is_err() {
                 continue; // its uploader is alive
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                // A temporary file whose writer died before the rename.
+                let _ = std::fs::remove_file(&path);
+                continue;
             }
             let mut body = Vec::new();
             match file.read_to_end(&mut body).map(|_| serde_json::from_slice::<Record>(&body)) {
@@ -148,5 +150,18 @@ mod tests {
         assert_eq!(found, vec![record(1)]);
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
+    }
+
+    #[test]
+    fn a_temporary_file_its_writer_left_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::new(dir.path());
+        std::fs::write(dir.path().join(".dead.tmp"), b"{\"bucket\"").unwrap();
+        let held = File::create(dir.path().join(".live.tmp")).unwrap();
+        held.try_lock().unwrap();
+        assert!(journal.orphans().is_empty());
+        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from(".live.tmp")]);
     }
 }
