@@ -13,6 +13,13 @@ pub struct ScratchRoot {
 }
 
 const LOCK: &str = ".lock";
+/// How long a directory without its lock file is taken for one whose process is still creating it.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age))
+}
 
 impl ScratchRoot {
     /// Creates and locks this process's directory under `root`.
@@ -43,8 +50,10 @@ impl ScratchRoot {
             }
             let free = match File::open(path.join(LOCK)) {
                 Ok(lock) => lock.try_lock().is_ok(),
-                // No lock file: a process died between creating the directory and its lock.
-                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                // No lock file: a process died between creating the directory and its lock — or another
+                // worker starting beside this one is between those two steps right now (removing its
+                // directory there failed its start), so only a directory older than that can be is dead.
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound && older_than(&path, UNLOCKED_GRACE),
             };
             if free {
                 match std::fs::remove_dir_all(&path) {
@@ -77,13 +86,29 @@ mod tests {
         std::fs::create_dir_all(dead.join("job-1-abc")).unwrap();
         std::fs::write(dead.join("job-1-abc/frame.png"), b"x").unwrap();
         File::create(dead.join(LOCK)).unwrap();
-        std::fs::create_dir(root.path().join("w-nolock")).unwrap();
+        let nolock = root.path().join("w-nolock");
+        std::fs::create_dir(&nolock).unwrap();
+        let old = std::time::SystemTime::now() - UNLOCKED_GRACE * 2;
+        File::open(&nolock).unwrap().set_modified(old).unwrap();
         std::fs::write(root.path().join("unrelated"), b"keep").unwrap();
         assert_eq!(me.sweep(), 2);
-        assert!(!dead.exists() && !root.path().join("w-nolock").exists());
+        assert!(!dead.exists() && !nolock.exists());
         assert!(live.path().exists() && me.path().exists() && root.path().join("unrelated").exists());
         let path = live.path().to_path_buf();
         drop(live);
         assert!(!path.exists(), "a worker removes its own scratch when it stops");
+    }
+
+    /// Two workers starting at once on one root: the second one's sweep ran between the first one's
+    /// directory and its lock file, removed the directory, and the first failed to start ("cannot create
+    /// scratch_dir … No such file or directory", seen in CI).
+    #[test]
+    fn a_directory_still_being_created_is_not_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let me = ScratchRoot::open(root.path()).unwrap();
+        let starting = root.path().join("w-starting");
+        std::fs::create_dir(&starting).unwrap();
+        assert_eq!(me.sweep(), 0);
+        assert!(starting.exists(), "a worker between its directory and its lock lost its directory");
     }
 }
