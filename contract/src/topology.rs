@@ -24,6 +24,9 @@ pub const REPLAY_HEADER: &str = "x-ainern2d-replay";
 /// Header on the copy of a job a worker holds by a lease (the id of that worker): when the copy comes
 /// back to its job queue, its worker died or lost the broker, and the job may have run (or be running).
 pub const LEASE_HEADER: &str = "x-ainern2d-lease";
+/// Header on the copy of a job given back because the replay check could not reach the store: how many
+/// of its checks could not decide whether the job had already run. Its attempt is unchanged.
+pub const UNDECIDED_HEADER: &str = "x-ainern2d-undecided";
 /// Highest job priority (classic queues only on RabbitMQ 3.10).
 pub const MAX_PRIORITY: u8 = 9;
 

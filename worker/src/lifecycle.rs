@@ -20,8 +20,16 @@ pub enum Interruption {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Succeeded,
-    Failed { code: ErrorCode, retryable: bool },
+    Failed {
+        code: ErrorCode,
+        retryable: bool,
+    },
     Interrupted(Interruption),
+    /// The replay check could not reach the store, for the `checks`-th time for this job: whether it
+    /// already ran is unknown.
+    Undecided {
+        checks: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +40,9 @@ pub enum Disposition {
     Retry { next_attempt: u32, level: usize },
     /// Publish a copy to the dead-letter queue, then the event `status` with error `code`, then ack.
     DeadLetter { status: EventStatus, code: ErrorCode },
+    /// No event (no outcome is known): a copy to retry queue `level`, its attempt unchanged and its
+    /// undecided checks counted (`checks`), then ack.
+    Recheck { checks: u32, level: usize },
     /// Nack with requeue: the job goes back to its queue untouched.
     Requeue,
     /// Do nothing: the delivery is already void.
@@ -44,6 +55,10 @@ pub fn dispose(outcome: &Outcome, attempt: u32, max_attempts: u32, retry_levels:
         Outcome::Interrupted(Interruption::Requested) => Disposition::Finish { status: EventStatus::Cancelled },
         Outcome::Interrupted(Interruption::Shutdown) => Disposition::Requeue,
         Outcome::Interrupted(Interruption::ConnectionLost) => Disposition::Abandon,
+        Outcome::Undecided { checks } => Disposition::Recheck {
+            checks: *checks,
+            level: ainern2d_contract::topology::retry_level(*checks, retry_levels),
+        },
         Outcome::Failed { code, retryable: true } if attempt < max_attempts => {
             let _ = code;
             Disposition::Retry {
@@ -81,6 +96,10 @@ mod tests {
             (Outcome::Interrupted(Interruption::Shutdown), 1, Disposition::Requeue),
             (Outcome::Interrupted(Interruption::ConnectionLost), 2, Disposition::Abandon),
             (Outcome::Interrupted(Interruption::Requested), 1, Disposition::Finish { status: EventStatus::Cancelled }),
+            // Undecided checks climb the retry levels whatever the attempt, and never finish the job.
+            (Outcome::Undecided { checks: 1 }, 3, Disposition::Recheck { checks: 1, level: 0 }),
+            (Outcome::Undecided { checks: 2 }, 3, Disposition::Recheck { checks: 2, level: 1 }),
+            (Outcome::Undecided { checks: 9 }, 1, Disposition::Recheck { checks: 9, level: 1 }),
         ];
         for (outcome, attempt, expected) in cases {
             assert_eq!(dispose(&outcome, attempt, 3, 2), expected, "{outcome:?} at attempt {attempt}");

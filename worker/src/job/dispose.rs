@@ -5,6 +5,8 @@
 //!   the ack;
 //! - retry: the `retrying` event, then the retry copy, then the ack — so a failed event never leaves a
 //!   confirmed copy behind whose original is redelivered and run again (two attempt chains);
+//! - an undecided replay check (the store did not answer): no event, since whether the job already
+//!   succeeded is unknown; the copy to a retry queue (same attempt, checks counted), then the ack;
 //! - a failed publish or settle brings the delivery back at once (nack with requeue; if even that fails,
 //!   the session ends and the broker requeues it) and shows in readiness until an outcome goes through;
 //! - a lost session: nothing can be settled; the broker has requeued the delivery, and its redelivery finds
@@ -12,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER};
+use ainern2d_contract::topology::{ATTEMPT_HEADER, ERROR_CODE_HEADER, REASON_HEADER, UNDECIDED_HEADER};
 use ainern2d_contract::{ErrorCode, ErrorInfo, EventStatus, Job};
 use ainern2d_queue::{Delivery, HeaderValue};
 
@@ -36,8 +38,14 @@ pub(super) async fn finish(
     result: Result<Done, Stop>,
 ) {
     let kind = job.kind();
+    let mut undecided = None;
     let (outcome, failure, done) = match result {
         Ok(done) => (Outcome::Succeeded, None, Some(done)),
+        Err(Stop::Undecided(why)) => {
+            let checks = super::replay::undecided(delivery) + 1;
+            undecided = Some(why);
+            (Outcome::Undecided { checks }, None, None)
+        }
         Err(Stop::Interrupted(why)) => (Outcome::Interrupted(why), None, None),
         Err(Stop::Cancelled) => (Outcome::Interrupted(Interruption::Requested), None, None),
         Err(Stop::Failed(f)) => (Outcome::Failed { code: f.code, retryable: f.retryable }, Some(f), None),
@@ -53,6 +61,7 @@ pub(super) async fn finish(
         Disposition::Finish { status } => status.as_str(),
         Disposition::Retry { .. } => "retried",
         Disposition::DeadLetter { status, .. } => status.as_str(),
+        Disposition::Recheck { .. } => "rechecked",
         Disposition::Requeue => "requeued",
         Disposition::Abandon => "abandoned",
     };
@@ -94,6 +103,17 @@ pub(super) async fn finish(
                 dead_letter(shared, ctx, delivery, attempt, code, &message).await?;
                 let error = ErrorInfo { code, message, retryable: false, field: f.field };
                 emitter.outcome(status, Vec::new(), None, Some(error), BTreeMap::new()).await?;
+                delivery.acker.ack(false).await
+            }
+            Disposition::Recheck { checks, level } => {
+                let why = undecided.as_deref().unwrap_or_default();
+                tracing::warn!(job_id = %job.job_id, %kind, attempt, checks, "{why}; checking again later (no outcome \
+                    is reported while it is unknown whether the job already ran)");
+                let (copy, _) = super::copy::copy_of(&delivery.message);
+                let copy = copy
+                    .with_header(ATTEMPT_HEADER, HeaderValue::Int(attempt.into()))
+                    .with_header(UNDECIDED_HEADER, HeaderValue::Int(checks.into()));
+                ctx.publisher.publish("", &shared.topology.retry_queue(kind, level), &copy).await?;
                 delivery.acker.ack(false).await
             }
             Disposition::Requeue => delivery.acker.nack(true).await,

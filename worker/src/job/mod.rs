@@ -78,6 +78,9 @@ impl Failure {
 
 pub(crate) enum Stop {
     Failed(Failure),
+    /// The replay check could not reach the store: whether the job already ran is unknown. It goes back
+    /// to be checked again after a pause, its attempt unchanged, and no outcome is reported (`dispose`).
+    Undecided(String),
     /// The job's token fired (a `cancel` command, the shutdown's abort, a limit): `run` says which.
     Cancelled,
     Interrupted(Interruption),
@@ -174,7 +177,14 @@ async fn run(
     };
     let stored = replay::stored_outputs(shared, job, delivery, attempt).await.map_err(|e| {
         let why = format!("could not look for the outputs of an earlier run in the store: {e}");
-        Stop::Failed(Failure::new(ErrorCode::UploadFailed, true, why))
+        let checks = replay::undecided(delivery) + 1;
+        if e.is_retryable() && checks < replay::UNDECIDED_LIMIT {
+            Stop::Undecided(why)
+        } else {
+            // A refusal, or the store still unreachable after every check: count it as a failed attempt.
+            let why = format!("{why} ({checks} checks could not decide)");
+            Stop::Failed(Failure::new(ErrorCode::UploadFailed, true, why))
+        }
     })?;
     if let Some(outputs) = stored {
         tracing::info!("outputs already stored by an earlier delivery; re-announcing success");

@@ -5,17 +5,31 @@
 
 use std::time::Duration;
 
-use ainern2d_contract::topology::{LEASE_HEADER, REPLAY_HEADER};
+use ainern2d_contract::topology::{LEASE_HEADER, REPLAY_HEADER, UNDECIDED_HEADER};
 use ainern2d_contract::{Job, OutputObject};
 use ainern2d_queue::Delivery;
 
 use crate::Shared;
 use crate::store::StoreError;
 
+/// Replay checks of one job that may fail to reach the store before an attempt counts as failed. While the
+/// store cannot answer, whether the job already succeeded is unknown, so no outcome may be reported: the
+/// job goes back (to a retry queue, its attempt unchanged) to be checked again. The bound keeps a job
+/// whose check fails for a reason of its own from circling for ever: with the default delays (1, 10,
+/// 60 s) that is about 27 minutes of checks.
+pub(super) const UNDECIDED_LIMIT: u32 = 30;
+
 /// Whether this delivery may follow an earlier run of the job.
 pub(super) fn may_have_run(delivery: &Delivery, attempt: u32) -> bool {
     let headers = &delivery.message.headers;
-    delivery.redelivered || attempt > 1 || headers.contains_key(REPLAY_HEADER) || headers.contains_key(LEASE_HEADER)
+    delivery.redelivered
+        || attempt > 1
+        || [REPLAY_HEADER, LEASE_HEADER, UNDECIDED_HEADER].iter().any(|h| headers.contains_key(*h))
+}
+
+/// The replay checks of this job that could not decide so far (its copy's header).
+pub(super) fn undecided(delivery: &Delivery) -> u32 {
+    delivery.message.header_u32(UNDECIDED_HEADER).unwrap_or(0)
 }
 
 pub(super) async fn stored_outputs(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER};
+use ainern2d_contract::topology::{ATTEMPT_HEADER, REPLAY_HEADER, UNDECIDED_HEADER};
 use ainern2d_contract::{ControlCommand, Event, EventStatus, JobKind, WorkerState};
 use ainern2d_pipelines::{Artifact, CancellationToken, Pipeline, PipelineError, ProgressSink, RunOutput, RunRequest};
 use ainern2d_queue::embedded::EmbeddedBroker;
@@ -648,39 +648,113 @@ async fn a_failed_jobs_dead_letter_leaves_out_headers_too_large_to_copy() {
     assert_eq!(letter.message.header_u32(ATTEMPT_HEADER), Some(1));
 }
 
-/// A store whose `head` fails: the store is down when the replay check asks.
-struct HeadFails(LocalStore);
+/// A store whose `head` fails while `down` is above 0 (counting down once per call): the store is down when
+/// the replay check asks.
+struct HeadFails {
+    inner: LocalStore,
+    down: AtomicU32,
+}
+
+impl HeadFails {
+    fn new(dir: &Path, down: u32) -> Arc<HeadFails> {
+        Arc::new(HeadFails { inner: LocalStore::new(dir.to_path_buf()), down: AtomicU32::new(down) })
+    }
+}
 
 #[async_trait]
 impl ArtifactStore for HeadFails {
     async fn put(&self, b: &str, k: &str, f: &Path, ct: &str, sha: &str) -> Result<(), StoreError> {
-        self.0.put(b, k, f, ct, sha).await
+        self.inner.put(b, k, f, ct, sha).await
     }
-    async fn head(&self, _: &str, _: &str) -> Result<Option<StoredObject>, StoreError> {
-        Err(StoreError::Unavailable("connection reset".into()))
+    async fn head(&self, b: &str, k: &str) -> Result<Option<StoredObject>, StoreError> {
+        if self.down.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::Unavailable("connection reset".into()));
+        }
+        self.inner.head(b, k).await
     }
     async fn presign_get(&self, b: &str, k: &str, ttl: Duration) -> Result<String, StoreError> {
-        self.0.presign_get(b, k, ttl).await
+        self.inner.presign_get(b, k, ttl).await
     }
     async fn get_to_file(&self, b: &str, k: &str, d: &Path, max: u64) -> Result<u64, StoreError> {
-        self.0.get_to_file(b, k, d, max).await
+        self.inner.get_to_file(b, k, d, max).await
     }
     async fn ensure_bucket(&self, b: &str) -> Result<(), StoreError> {
-        self.0.ensure_bucket(b).await
+        self.inner.ensure_bucket(b).await
     }
     async fn check(&self, b: &str) -> Result<(), StoreError> {
-        self.0.check(b).await
+        self.inner.check(b).await
     }
 }
 
+/// The copy a recheck or retry left in the first retry queue (the test's stand-in for its TTL).
+async fn retried(bed: &Bed, level: usize) -> Delivery {
+    let queue = bed.shared.topology.retry_queue(JobKind::Llm, level);
+    let mut sub = bed.raw.subscribe(&queue, "retried", 0).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), sub.next()).await.expect("a retry copy").unwrap().unwrap()
+}
+
 #[tokio::test]
-async fn a_replay_check_the_store_cannot_answer_retries_instead_of_running_the_job_again() {
+async fn a_replay_check_the_store_cannot_answer_reports_nothing_until_it_can_decide() {
     let slow = Arc::new(Slow { run_for: Duration::from_millis(10), ..Default::default() });
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ArtifactStore> = Arc::new(HeadFails(LocalStore::new(dir.path().to_path_buf())));
-    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), store: Some(store), ..Default::default() }).await;
-    // Attempt 2 may follow a run that succeeded: the store must be asked, and it does not answer.
-    bed.submit("replay-down-1", &[(ATTEMPT_HEADER, HeaderValue::Int(2))]).await;
+    let store = HeadFails::new(dir.path(), 0);
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow.clone()),
+        store: Some(store.clone() as Arc<dyn ArtifactStore>),
+        ..Default::default()
+    })
+    .await;
+    // The job succeeds; it is published again (an outbox relay whose confirm was lost) while S3 is down —
+    // for more checks than the job has attempts.
+    bed.submit("undecided-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    let first = bed.events().await;
+    let succeeded: Vec<_> = first.iter().filter(|e| e.status == EventStatus::Succeeded).collect();
+    assert_eq!(succeeded.len(), 1, "{:?}", statuses(&first));
+    let down = bed.shared.config.jobs.max_attempts + 2;
+    store.down.store(down, Ordering::SeqCst);
+    bed.submit("undecided-1", &[(ATTEMPT_HEADER, HeaderValue::Int(1)), (REPLAY_HEADER, HeaderValue::Int(1))]).await;
+    let mut d = bed.delivery().await;
+    for check in 1..=down {
+        bed.handle(d).await;
+        let events = bed.events().await;
+        assert!(
+            events.is_empty(),
+            "check {check}: an outcome while it is unknown whether the job ran: {:?}",
+            statuses(&events)
+        );
+        // Back in a retry queue (climbing the levels: the Bed has one), its attempt unchanged.
+        d = retried(&bed, 0).await;
+        assert_eq!(d.message.header_u32(ATTEMPT_HEADER), Some(1), "check {check}");
+        assert_eq!(d.message.header_u32(UNDECIDED_HEADER), Some(check), "check {check}");
+    }
+    // The store answers: the earlier success is found and announced again, under its event id.
+    bed.handle(d).await;
+    let events = bed.events().await;
+    assert_eq!(statuses(&events), vec![EventStatus::Succeeded]);
+    assert_eq!(events[0].event_id, succeeded[0].event_id);
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "the job ran again");
+    assert_eq!(bed.depth(&bed.shared.topology.dead_letter_queue()).await, 0, "a job that succeeded was dead-lettered");
+}
+
+#[tokio::test]
+async fn a_replay_check_that_never_decides_counts_as_a_failed_attempt_at_its_bound() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(10), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let store = HeadFails::new(dir.path(), u32::MAX);
+    let mut bed = Bed::new(Options {
+        pipeline: Some(slow.clone()),
+        store: Some(store as Arc<dyn ArtifactStore>),
+        ..Default::default()
+    })
+    .await;
+    let last = super::replay::UNDECIDED_LIMIT - 1;
+    bed.submit(
+        "undecided-2",
+        &[(ATTEMPT_HEADER, HeaderValue::Int(1)), (UNDECIDED_HEADER, HeaderValue::Int(last.into()))],
+    )
+    .await;
     let d = bed.delivery().await;
     bed.handle(d).await;
     assert_eq!(slow.runs.load(Ordering::SeqCst), 0, "the job ran again without knowing whether it had succeeded");
@@ -688,5 +762,6 @@ async fn a_replay_check_the_store_cannot_answer_retries_instead_of_running_the_j
     let retrying: Vec<_> = events.iter().filter(|e| e.status == EventStatus::Retrying).collect();
     assert_eq!(retrying.len(), 1, "{:?}", statuses(&events));
     let error = retrying[0].error.as_ref().unwrap();
-    assert!(error.message.contains("earlier run"), "{}", error.message);
+    assert!(error.message.contains("earlier run") && error.message.contains("30 checks"), "{}", error.message);
+    assert_eq!(retried(&bed, 0).await.message.header_u32(ATTEMPT_HEADER), Some(2));
 }
