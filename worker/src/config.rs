@@ -27,6 +27,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub heartbeat: HeartbeatConfig,
     pub shutdown: ShutdownConfig,
+    pub liveness: LivenessConfig,
     pub mock: MockConfig,
     pub models: ModelsConfig,
     /// ONNX Runtime (`audio` and `lipsync` on the inference backend).
@@ -229,6 +230,35 @@ pub struct ShutdownConfig {
     pub grace_s: u64,
 }
 
+/// `/health` that proves progress, and recycling (`liveness.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessConfig {
+    /// `/health` fails while a job's pipeline has reported nothing for this long (0: never). Set it above
+    /// the longest silent step: a model's first load, one diffusion step of the largest video.
+    pub stall_after_s: u64,
+    /// Drain and exit 0 after this many outcomes (0: never), for the supervisor to start a fresh process.
+    pub recycle_after_jobs: u64,
+    /// Drain and exit 0 when the resident memory passes this (0: never; Linux).
+    pub recycle_above_rss_mb: u64,
+    /// Drain and exit 0 when this process's GPU memory passes this (0: never; needs NVML).
+    pub recycle_above_vram_mb: u64,
+    /// How often the limits are checked.
+    pub check_interval_s: u64,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            stall_after_s: 1800,
+            recycle_after_jobs: 0,
+            recycle_above_rss_mb: 0,
+            recycle_above_vram_mb: 0,
+            check_interval_s: 10,
+        }
+    }
+}
+
 pub use ainern2d_cli::{LogConfig, LogFormat};
 
 impl Default for Config {
@@ -243,6 +273,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             shutdown: ShutdownConfig::default(),
+            liveness: LivenessConfig::default(),
             mock: MockConfig::default(),
             models: ModelsConfig::default(),
             onnx: OnnxConfig::default(),
@@ -481,6 +512,9 @@ impl Config {
         }
         self.tts.validate()?;
         self.lipsync.validate()?;
+        if self.liveness.check_interval_s == 0 {
+            return bad("liveness.check_interval_s", "must be at least 1");
+        }
         if self.shutdown.grace_s == 0 {
             return bad("shutdown.grace_s", "must be at least 1");
         }

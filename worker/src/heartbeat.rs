@@ -50,6 +50,23 @@ impl Gpus {
             })
             .collect()
     }
+
+    /// The GPU memory process `pid` holds on every GPU (NVML's per-process accounting); `None` without NVML.
+    pub fn process_memory(&self, pid: u32) -> Option<u64> {
+        use nvml_wrapper::enums::device::UsedGpuMemory;
+        let nvml = self.0.as_ref()?;
+        let count = nvml.device_count().ok()?;
+        let mut total = 0;
+        for index in 0..count {
+            let Ok(device) = nvml.device_by_index(index) else { continue };
+            for p in device.running_compute_processes().unwrap_or_default() {
+                if let (true, UsedGpuMemory::Used(bytes)) = (p.pid == pid, p.used_gpu_memory) {
+                    total += bytes;
+                }
+            }
+        }
+        Some(total)
+    }
 }
 
 pub fn build(shared: &Shared) -> Heartbeat {

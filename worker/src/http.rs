@@ -27,8 +27,20 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop:
     }
 }
 
-async fn health() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "ok"}))
+/// Live unless a job's pipeline has reported nothing for `liveness.stall_after_s` (`liveness.rs`); a
+/// draining, cordoned or unready worker is live.
+async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let stalled = shared.stalled();
+    if stalled.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
+    } else {
+        let body = serde_json::json!({
+            "status": "stalled",
+            "stall_after_s": shared.config.liveness.stall_after_s,
+            "stalled": stalled,
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

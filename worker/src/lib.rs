@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod job;
 pub mod lifecycle;
+pub mod liveness;
 pub mod metrics;
 pub mod models;
 pub mod runner;
@@ -72,6 +73,10 @@ pub struct Shared {
     pub scratch: scratch::ScratchRoot,
     /// Job ids cancelled before they were delivered here (bounded, oldest forgotten first).
     pub(crate) cancelled: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// The pipelines running now and when each last reported (liveness).
+    pub progressing: Arc<liveness::Progressing>,
+    /// Outcomes reported since start (for `liveness.recycle_after_jobs`).
+    outcomes_reported: std::sync::atomic::AtomicU64,
 }
 
 const STATES: [WorkerState; 6] = [
@@ -150,6 +155,8 @@ impl Shared {
             last_outcome_error: std::sync::Mutex::new(None),
             scratch,
             cancelled: std::sync::Mutex::new(Default::default()),
+            progressing: Arc::default(),
+            outcomes_reported: Default::default(),
         }))
     }
 
@@ -195,10 +202,16 @@ impl Shared {
     }
 
     pub(crate) fn outcome_published(&self) {
+        self.outcomes_reported.fetch_add(1, Ordering::Relaxed);
         if self.outcome_failures.swap(0, Ordering::Relaxed) > 0 {
             tracing::info!("outcomes are being reported again");
             *self.last_outcome_error.lock().expect("outcome error lock") = None;
         }
+    }
+
+    /// Outcomes reported since start.
+    pub fn outcomes_reported(&self) -> u64 {
+        self.outcomes_reported.load(Ordering::Relaxed)
     }
 
     /// Records an outcome that could not be reported; returns how many in a row.
@@ -244,6 +257,7 @@ pub async fn serve_shared(shared: Arc<Shared>, shutdown: CancellationToken) -> a
     let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop.clone()));
     tokio::spawn(watch_store(shared.clone(), shutdown.clone()));
     tokio::spawn(recover_store(shared.clone(), shutdown.clone()));
+    tokio::spawn(liveness::run(shared.clone(), shutdown.clone()));
     let sweeping = shared.clone();
     tokio::task::spawn_blocking(move || {
         let swept = sweeping.scratch.sweep();

@@ -25,6 +25,12 @@ pub struct StageLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// jobs, rss, vram
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeaseLabels {
     pub kind: String,
     /// taken, renewed, released, failed
@@ -47,6 +53,8 @@ pub struct Metrics {
     pub unroutable: Counter,
     pub leases: Family<LeaseLabels, Counter>,
     pub leased: Family<KindLabel, Gauge>,
+    pub stalled: Gauge,
+    pub recycles: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -113,6 +121,14 @@ impl Metrics {
             leases.clone(),
         );
         registry.register("leased_jobs", "Jobs held by a lease (their deliveries settled)", leased.clone());
+        let stalled = Gauge::default();
+        registry.register(
+            "stalled_jobs",
+            "Jobs whose pipeline has reported nothing for longer than liveness.stall_after_s (/health fails)",
+            stalled.clone(),
+        );
+        let recycles = Family::<ReasonLabel, Counter>::default();
+        registry.register("recycles", "Drains begun to replace this process (liveness.recycle_*)", recycles.clone());
         Metrics {
             registry,
             jobs,
@@ -129,7 +145,13 @@ impl Metrics {
             unroutable,
             leases,
             leased,
+            stalled,
+            recycles,
         }
+    }
+
+    pub fn reason(reason: &str) -> ReasonLabel {
+        ReasonLabel { reason: reason.to_string() }
     }
 
     pub fn kind(kind: &str) -> KindLabel {

@@ -93,11 +93,14 @@ pub(super) async fn run(
         Ok::<_, PipelineError>((hashed, output.execution, scratch))
     });
     tokio::pin!(result);
+    // Every report counts for liveness, published or not.
+    let watched = shared.progressing.watch(&job.job_id, job.kind());
     let mut last = Instant::now();
     let result = loop {
         tokio::select! {
             done = &mut result => break done,
             Ok(()) = rx.changed() => {
+                watched.reported();
                 if last.elapsed() >= interval {
                     last = Instant::now();
                     let progress = rx.borrow_and_update().clone();
@@ -108,6 +111,7 @@ pub(super) async fn run(
             }
         }
     };
+    drop(watched);
     match result {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => Err(stop_of(e)),
