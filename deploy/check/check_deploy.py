@@ -106,6 +106,12 @@ def main():
     schemas = [k8s.Schemas(v) for v in k8s.VERSIONS]
     started = time.monotonic()
     problems = run_checks(repo / "deploy", repo, args, {"kubernetes", "nomad", "systemd", "metrics"}, schemas)
+    bins = common.find_binaries(repo)
+    if bins:
+        count = common.check_with_binaries(bins, problems)
+        programs = f"; {count} configs accepted by the built programs in {bins} (--print-config)"
+    else:
+        programs = "; no built ainern2d-worker/ainern2d-hub found, so the programs' own config parsers were not run"
     if problems:
         print(f"deploy/ has {len(problems.items)} problem(s):")
         for item in problems.items:
@@ -113,7 +119,7 @@ def main():
         return 1
     print(f"deploy/: every file valid ({time.monotonic() - started:.1f} s): kustomize builds of "
           f"{', '.join(k8s.OVERLAYS)} against Kubernetes {' and '.join(k8s.VERSIONS)} schemas, KEDA's and our "
-          f"ScaledObject schemas, PromQL and metric names; Nomad jobs; systemd units")
+          f"ScaledObject schemas, PromQL and metric names; Nomad jobs; systemd units{programs}")
     if args.no_self_test:
         return 0
     started = time.monotonic()

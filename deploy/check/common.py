@@ -11,6 +11,9 @@ class Problems:
 
     def __init__(self):
         self.items = []
+        # (program, TOML text, environment overrides, where): every config a manifest gives a program,
+        # for the programs' own parsers when built binaries are at hand (check_with_binaries).
+        self.configs = []
 
     def add(self, where, what):
         self.items.append(f"{where}: {what}")
@@ -99,3 +102,37 @@ METRIC_TOKEN = re.compile(r"\bainern2d_(?:hub|worker)_[a-z0-9_]+\b")
 
 def metric_tokens(text):
     return set(METRIC_TOKEN.findall(text))
+
+
+def find_binaries(repo):
+    """A directory holding built ainern2d-worker and ainern2d-hub, if any (never built here)."""
+    import os
+    candidates = [os.environ.get("AINERN2D_DEPLOY_BIN_DIR")]
+    for base in (os.environ.get("CARGO_TARGET_DIR"), str(Path(repo) / "target"), "/var/tmp/ainern2d-target"):
+        if base:
+            candidates += [f"{base}/release", f"{base}/debug"]
+    for c in candidates:
+        if c and all((Path(c) / b).is_file() for b in ("ainern2d-worker", "ainern2d-hub")):
+            return Path(c)
+    return None
+
+
+def check_with_binaries(bins, problems):
+    """Each collected config through its program's own loader (`--print-config`: the TOML, the
+    environment overrides and the validation that names a bad key), with no other environment."""
+    import subprocess
+    import tempfile
+    seen = set()
+    for program, text, env, where in problems.configs:
+        key = (program, text, tuple(sorted(env.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+            f.write(text)
+            f.flush()
+            result = subprocess.run([str(bins / f"ainern2d-{program}"), "--config", f.name, "--print-config", "run"],
+                                    env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            problems.add(where, f"ainern2d-{program} refuses it: {' '.join(result.stderr.split())[-400:]}")
+    return len(seen)

@@ -288,6 +288,9 @@ class Invariants:
             self.add(d, f"{env_name}={path}: ConfigMap {volume['configMap']['name']} with key {key} is not rendered")
             return None, env
         where = f"{self.overlay}: ConfigMap/{cm['metadata']['name']} {key}"
+        program = "worker" if prefix == "AINERN2D_WORKER_" else "hub"
+        overrides = {k: v for k, v in env.items() if k.startswith(prefix) and k != env_name and v is not None}
+        self.p.configs.append((program, cm["data"][key], overrides, where))
         cfg = common.parse_toml(cm["data"][key], where, self.p)
         if cfg is not None:
             text = cm["data"][key]

@@ -170,6 +170,7 @@ def check_task(where, job, group, task, ports, group_body, problems):
         if config_path and "/" + str(dest).lstrip("/") == config_path:
             text = render(str(t.get("data", "")), f"{where} > template {dest}", problems)
             rendered = common.parse_toml(text, f"{where} > template {dest}", problems)
+            problems.configs.append((program.lower(), text, {}, f"{where} > template {dest}"))
     if rendered is None:
         problems.add(where, f"no template renders AINERN2D_{program}_CONFIG ({config_path!r}) as TOML")
         return

@@ -88,6 +88,7 @@ def check(root, problems):
     if hub_cfg_path.exists():
         cfg = common.parse_toml(hub_cfg_path.read_text(), hub_cfg_path, problems)
         env = dict(v.split("=", 1) for v in hub.get("Environment", []) if "=" in v)
+        problems.configs.append(("hub", hub_cfg_path.read_text(), {}, hub_cfg_path))
         token = env.get("AINERN2D_HUB_API__ADMIN_TOKEN_FILE") or common.dig(cfg or {}, "api.admin_token_file")
         if not token:
             problems.add("ainern2d-hub.service", "no admin token file (every POST would be 401)")
@@ -115,6 +116,8 @@ def check(root, problems):
         if cfg is None:
             continue
         env = dict(v.split("=", 1) for v in unit.get("Environment", []) if "=" in v)
+        env = {k: v.replace("%H", "host") for k, v in env.items()}
+        problems.configs.append(("worker", cfg_path.read_text(), env, f"{cfg_path} (as {name})"))
         get = lambda key: common.effective(cfg, key, common.WORKER_DEFAULTS, env, "AINERN2D_WORKER_")
         if common.dig(cfg, "jobs.kinds") != [instance]:
             problems.add(cfg_path, f"serves {common.dig(cfg, 'jobs.kinds')}, its instance is {instance!r}")
