@@ -44,6 +44,9 @@ MUTATIONS = [
     ("systemd", "systemd/ainern2d-worker@.service", "\nProtectSystem=strict\n", "\nProtectSytem=strict\n", "Unknown key"),
     ("systemd", "systemd/ainern2d-hub.service", "KillSignal=SIGTERM", "KillSignal=SIGKILL", "not SIGTERM"),
     ("systemd", "systemd/ainern2d-hub.service", "Restart=on-failure", "Restart=on-fialure", "systemd-analyze verify"),
+    ("systemd", "systemd/ainern2d-worker@.service", "Restart=always", "Restart=on-failure", "Restart= is not always"),
+    ("nomad", "nomad/ainern2d-worker.nomad.hcl", 'mode     = "delay"', 'mode     = "fail"', "no restart"),
+    ("kubernetes", "kubernetes/base/worker/deployment.yaml", "            terminationGracePeriodSeconds: 120\n", "", "liveness probe has no terminationGracePeriodSeconds"),
 ]
 
 

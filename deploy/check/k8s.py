@@ -324,6 +324,9 @@ class Invariants:
         longest = common.dig(cfg, f"jobs.max_runtime_s.{kind}")
         if longest is not None and grace < longest:
             self.add(d, f"shutdown.grace_s {grace} is shorter than the longest job (jobs.max_runtime_s.{kind} {longest})")
+        restart_budget = c.get("livenessProbe", {}).get("terminationGracePeriodSeconds")
+        if restart_budget is None or restart_budget > 300:
+            self.add(d, "the liveness probe has no terminationGracePeriodSeconds of at most 300: a stalled worker's restart would wait for the whole drain budget")
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         writable = lambda path: (m := mount_for(c, volumes, path)) and not m[0].get("readOnly") and "emptyDir" in m[1]
         scratch = str(get("scratch_dir") or "")

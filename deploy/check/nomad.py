@@ -195,5 +195,8 @@ def check_task(where, job, group, task, ports, group_body, problems):
         scratch = str(rendered.get("scratch_dir", ""))
         if not scratch.startswith("/alloc/data/"):
             problems.add(where, f"scratch_dir {scratch!r} is not under /alloc/data (it must outlive a task restart)")
+        modes = [r.get("mode") for _, r in blocks(group_body, "restart")]
+        if modes != ["delay"]:
+            problems.add(where, "no restart { mode = \"delay\" }: a recycling worker exits 0, and the default policy would fail the allocation after 2 restarts")
     elif "shutdown_delay" not in group_body:
         problems.add(where, "the hub's group has no shutdown_delay (Consul still routes to it while it stops)")

@@ -83,7 +83,7 @@ def check(root, problems):
             return
     verify(root, ["ainern2d-hub.service"] + [f"ainern2d-worker@{i}.service" for i in INSTANCES], problems)
     hub = parse_unit([hub_unit])
-    common_checks("ainern2d-hub.service", hub, problems)
+    common_checks("ainern2d-hub.service", hub, "on-failure", problems)
     hub_cfg_path = root / "etc/hub.toml"
     if hub_cfg_path.exists():
         cfg = common.parse_toml(hub_cfg_path.read_text(), hub_cfg_path, problems)
@@ -101,7 +101,8 @@ def check(root, problems):
         name = f"ainern2d-worker@{instance}.service"
         dropins = sorted((root / f"{name}.d").glob("*.conf")) if (root / f"{name}.d").is_dir() else []
         unit = {k: [v.replace("%i", instance) for v in vs] for k, vs in parse_unit([template, *dropins]).items()}
-        common_checks(name, unit, problems)
+        # always: a recycling worker exits 0 and must be started again.
+        common_checks(name, unit, "always", problems)
         if unit.get("KillMode", ["control-group"])[-1] != "mixed":
             problems.add(name, "KillMode is not mixed: SIGTERM would reach a supervised ComfyUI during the drain")
         if unit.get("DevicePolicy", [""])[-1] != "closed" or not any("nvidia" in v for v in unit.get("DeviceAllow", [])):
@@ -140,7 +141,7 @@ def check(root, problems):
         ports[port] = instance
 
 
-def common_checks(name, unit, problems):
+def common_checks(name, unit, restart, problems):
     user = unit.get("User", ["root"])[-1]
     if user in ("root", "0"):
         problems.add(name, "runs as root (User=)")
@@ -148,8 +149,8 @@ def common_checks(name, unit, problems):
         problems.add(name, f"KillSignal={unit['KillSignal'][-1]}, not SIGTERM (the drain signal)")
     if "KillSignal" not in unit:
         problems.add(name, "KillSignal= is not set explicitly")
-    if unit.get("Restart", ["no"])[-1] != "on-failure":
-        problems.add(name, "Restart= is not on-failure")
+    if unit.get("Restart", ["no"])[-1] != restart:
+        problems.add(name, f"Restart= is not {restart}")
     if not unit.get("EnvironmentFile"):
         problems.add(name, "no EnvironmentFile= (the secrets)")
     for key, value in HARDENING.items():

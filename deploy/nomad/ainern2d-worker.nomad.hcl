@@ -43,6 +43,16 @@ job "ainern2d-worker" {
       auto_revert       = true
     }
 
+    # A worker that recycles itself (liveness.recycle_after_jobs, recycle_above_*_mb) drains and exits 0
+    # to be started afresh, and one whose /health reports a stalled job is restarted (check_restart; that
+    # restart still waits for kill_timeout): restarts are routine, so they never fail the allocation.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
     # scratch_dir lives in the allocation's data directory: a restarted task (same allocation) sweeps what
     # a crashed one left and aborts its open multipart uploads; sticky keeps it for a replacement
     # allocation on the same client.
@@ -212,6 +222,16 @@ job "ainern2d-worker" {
       healthy_deadline  = "30m"
       progress_deadline = "2h"
       auto_revert       = true
+    }
+
+    # A worker that recycles itself (liveness.recycle_after_jobs, recycle_above_*_mb) drains and exits 0
+    # to be started afresh, and one whose /health reports a stalled job is restarted (check_restart; that
+    # restart still waits for kill_timeout): restarts are routine, so they never fail the allocation.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
     }
 
     # scratch_dir lives in the allocation's data directory: a restarted task (same allocation) sweeps what
@@ -385,6 +405,16 @@ job "ainern2d-worker" {
       auto_revert       = true
     }
 
+    # A worker that recycles itself (liveness.recycle_after_jobs, recycle_above_*_mb) drains and exits 0
+    # to be started afresh, and one whose /health reports a stalled job is restarted (check_restart; that
+    # restart still waits for kill_timeout): restarts are routine, so they never fail the allocation.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
     # scratch_dir lives in the allocation's data directory: a restarted task (same allocation) sweeps what
     # a crashed one left and aborts its open multipart uploads; sticky keeps it for a replacement
     # allocation on the same client.
@@ -554,6 +584,16 @@ job "ainern2d-worker" {
       healthy_deadline  = "30m"
       progress_deadline = "2h"
       auto_revert       = true
+    }
+
+    # A worker that recycles itself (liveness.recycle_after_jobs, recycle_above_*_mb) drains and exits 0
+    # to be started afresh, and one whose /health reports a stalled job is restarted (check_restart; that
+    # restart still waits for kill_timeout): restarts are routine, so they never fail the allocation.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "5s"
+      mode     = "delay"
     }
 
     # scratch_dir lives in the allocation's data directory: a restarted task (same allocation) sweeps what
