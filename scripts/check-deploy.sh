@@ -5,13 +5,18 @@
 #   - a Python venv with kubernetes-validate (the Kubernetes OpenAPI schemas), python-hcl2 (Nomad's HCL),
 #     promql-parser (the KEDA queries);
 #   - @kubernetes-models/keda from npm (KEDA's ScaledObject CRD schema), run by node;
-#   - systemd-analyze (Debian's systemd) for the units;
-#   - kustomize: the one kubectl embeds (`kubectl kustomize`), else a `kustomize` binary. Neither is in
-#     Debian 12's or PyPI's packages in a usable version, so without one this fails and says so.
+#   - systemd-analyze (Debian's systemd) for the units.
+# Kubernetes is validated in the committed renders of the overlays, deploy/kubernetes/rendered/<overlay>.yaml
+# (deploy/check/render.py), so no kustomize is needed. When one is at hand (the kustomize that kubectl
+# embeds, `kubectl kustomize`, else a `kustomize` binary; neither is in Debian 12's or PyPI's packages in a
+# usable version) the overlays are also rendered again and a committed render that differs fails (drift);
+# without one the drift check and the self-test cases that need a renderer are skipped, and it says so.
+# AINERN2D_DEPLOY_NO_RENDERER=1 hides kubectl and kustomize from it (to test that mode).
 # Idempotent: a second run reuses the tools (a stamp per pinned set). Exit status 0 only when every file
-# is valid and every deliberate break was caught.
+# is valid (and, with a renderer, the renders are current) and every deliberate break was caught.
 #   scripts/check-deploy.sh              # all checks and the self-test
 #   scripts/check-deploy.sh --no-self-test
+#   scripts/check-deploy.sh --render     # regenerate deploy/kubernetes/rendered/ (needs kubectl or kustomize)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +26,33 @@ NPM_PKGS="@kubernetes-models/keda@2.0.0"
 
 say() { echo "check-deploy: $*" >&2; }
 die() { say "$*"; exit 1; }
+
+# The renderer: kubectl's embedded kustomize, else a kustomize binary, each only at v5 or later (older
+# ones cannot build these overlays, and would read as drift); else none, and why.
+kustomize= no_renderer= too_old=
+is_v5() { case "$1" in v[5-9].*|v[1-9][0-9].*|kustomize/v[5-9].*) return 0;; *) return 1;; esac; }
+if [ -n "${AINERN2D_DEPLOY_NO_RENDERER:-}" ] && [ "${AINERN2D_DEPLOY_NO_RENDERER}" != 0 ]; then
+  no_renderer="AINERN2D_DEPLOY_NO_RENDERER=$AINERN2D_DEPLOY_NO_RENDERER hides kubectl and kustomize"
+else
+  if command -v kubectl >/dev/null; then
+    v=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: *//p' || true)
+    if is_v5 "$v" && kubectl kustomize --help >/dev/null 2>&1; then kustomize="kubectl kustomize"
+    else too_old="the kubectl on PATH embeds kustomize ${v:-of no stated version}, not v5 or later; "; fi
+  fi
+  if [ -z "$kustomize" ] && command -v kustomize >/dev/null; then
+    v=$(kustomize version 2>/dev/null | head -n1 | sed 's/^{Version://; s/ .*//' || true)
+    if is_v5 "$v"; then kustomize="kustomize build"
+    else too_old="${too_old}the kustomize on PATH is ${v:-of no stated version}, not v5 or later; "; fi
+  fi
+  [ -n "$kustomize" ] || no_renderer="${too_old}no kubectl with an embedded kustomize v5 nor a kustomize v5 binary is on PATH"
+fi
+
+if [ "${1:-}" = --render ]; then
+  [ $# = 1 ] || die "--render takes no other argument"
+  [ -n "$kustomize" ] || die "--render needs a renderer, and $no_renderer: install kubectl or a kustomize v5 binary (Debian 12's kubernetes-client, 1.20, embeds one too old for these overlays)"
+  command -v python3 >/dev/null || die "--render needs python3"
+  exec python3 deploy/check/render.py --repo . --kustomize "$kustomize"
+fi
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=
 apt_install() {
@@ -55,13 +87,6 @@ fi
 
 command -v systemd-analyze >/dev/null || apt_install systemd
 
-if kubectl kustomize --help >/dev/null 2>&1; then
-  kustomize="kubectl kustomize"
-elif command -v kustomize >/dev/null; then
-  kustomize="kustomize build"
-else
-  die "no kustomize: install kubectl (it embeds kustomize v5) or a kustomize v5 binary; Debian 12's kubernetes-client (1.20) embeds one too old for these overlays"
-fi
-
 export PYTHONDONTWRITEBYTECODE=1
-exec "$py/bin/python" deploy/check/check_deploy.py --repo . --kustomize "$kustomize" --npm-dir "$npm_dir" "$@"
+exec "$py/bin/python" deploy/check/check_deploy.py --repo . --kustomize "$kustomize" \
+  --no-renderer-reason "${no_renderer:-}" --npm-dir "$npm_dir" "$@"

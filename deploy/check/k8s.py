@@ -1,8 +1,11 @@
-"""Checks of deploy/kubernetes: every overlay builds with kustomize; every object validates against the
-Kubernetes OpenAPI schemas (strict: unknown fields fail) of the oldest and the newest version we support,
-ScaledObjects against KEDA's CRD schema and a strict schema of the fields used; then what the schemas
-cannot say: the worker's and hub's configs against their pods (ports, probes, drain budget, volumes), the
-security contexts, selectors and budgets, network policies and the autoscaling queries."""
+"""Checks of deploy/kubernetes: the committed render of each overlay (rendered/<overlay>.yaml, written by
+`scripts/check-deploy.sh --render`; render.py) is what is validated, so no kustomize is needed; with one,
+each overlay is rendered again and a committed file that differs fails (drift). Every rendered object
+validates against the Kubernetes OpenAPI schemas (strict: unknown fields fail) of the oldest and the
+newest version we support, ScaledObjects against KEDA's CRD schema and a strict schema of the fields used;
+then what the schemas cannot say: the worker's and hub's configs against their pods (ports, probes, drain
+budget, volumes), the security contexts, selectors and budgets, network policies and the autoscaling
+queries."""
 
 import json
 import re
@@ -15,11 +18,12 @@ import referencing
 import yaml
 
 import common
+import render
 
 # The Kubernetes versions the manifests are checked against: k3s/k8s 1.29 (the oldest we claim) and the
 # newest the schemas installed know.
 VERSIONS = ("1.29.0", "1.37.0")
-OVERLAYS = ("overlays/dev", "overlays/prod")
+OVERLAYS = tuple(f"overlays/{name}" for name in render.OVERLAYS)
 KINDS = ("llm", "audio", "lipsync", "video")
 # After shutdown.grace_s the worker still stops cancelled jobs, sends its drained heartbeat, closes the
 # broker session, stops a supervised ComfyUI, cleans up multipart uploads and its probes: up to ~45 s.
@@ -58,16 +62,39 @@ class Schemas:
         ]
 
 
-def build(kustomize, directory, problems):
-    result = subprocess.run([*kustomize, str(directory)], capture_output=True, text=True)
-    if result.returncode != 0:
-        problems.add(directory, f"kustomize build failed: {result.stderr.strip()[-2000:]}")
-        return []
+def load_rendered(root, name, problems):
+    """The committed render of overlays/<name>: (its objects or None when unreadable, its body text after
+    the header or None, its first line)."""
+    path = render.rendered_path(root, name)
+    where = f"rendered/{name}.yaml"
+    if not path.is_file():
+        problems.add(where, f"missing: generate it with `{render.FIX}` and commit it")
+        return None, None, ""
+    text = path.read_text()
+    body, wrong = render.split(text, name)
+    if wrong:
+        problems.add(where, wrong)
     try:
-        return [d for d in yaml.safe_load_all(result.stdout) if d]
+        docs = [d for d in yaml.safe_load_all(text) if d]
     except yaml.YAMLError as e:
-        problems.add(directory, f"kustomize output is not YAML: {e}")
-        return []
+        problems.add(where, f"is not YAML: {' '.join(str(e).split())}")
+        return None, body, text.split("\n", 1)[0]
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict) or not isinstance(d.get("metadata"), dict):
+            problems.add(where, f"document {i + 1} is not a Kubernetes object")
+            return None, body, text.split("\n", 1)[0]
+    return docs, body, text.split("\n", 1)[0]
+
+
+def strays(root, problems):
+    """An overlay without a committed render, or a render without an overlay, would go unchecked."""
+    known = set(render.OVERLAYS)
+    for d in sorted(p for p in (root / "overlays").iterdir() if p.is_dir()) if (root / "overlays").is_dir() else []:
+        if d.name not in known:
+            problems.add(f"overlays/{d.name}", "an overlay that OVERLAYS in deploy/check/render.py does not list: it is neither rendered nor validated")
+    for f in sorted((root / "rendered").iterdir()) if (root / "rendered").is_dir() else []:
+        if f.suffix != ".yaml" or f.stem not in known:
+            problems.add(f"rendered/{f.name}", "no overlay renders it (OVERLAYS in deploy/check/render.py): a stale render")
 
 
 def name_of(doc):
@@ -80,10 +107,22 @@ def check(root, repo, kustomize, npm_dir, schemas, metrics, problems):
     strict_so = jsonschema.Draft202012Validator(json.loads((Path(__file__).parent / "scaledobject.schema.json").read_text()))
     scaled = []
     hub_policy = hub_backlog_policy(root, problems)
-    for overlay in OVERLAYS:
-        docs = build(kustomize, root / overlay, problems)
+    strays(root, problems)
+    fresh = render.render_all(kustomize, root) if kustomize else {}
+    for name in render.OVERLAYS:
+        overlay = f"rendered/{name}.yaml"
+        docs, body, first = load_rendered(root, name, problems)
+        if kustomize:
+            out, err = fresh[name]
+            if err is not None:
+                problems.add(root / "overlays" / name, f"kustomize build failed: {err}")
+            elif body is not None:
+                wrong = render.drift(kustomize, name, body, first, out)
+                if wrong:
+                    problems.add(overlay, wrong)
         if not docs:
-            problems.add(overlay, "built no objects")
+            if docs is not None:
+                problems.add(overlay, "holds no objects")
             continue
         names = [name_of(d) for d in docs]
         for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -98,7 +137,11 @@ def check(root, repo, kustomize, npm_dir, schemas, metrics, problems):
             for s in schemas:
                 for e in s.validate(doc):
                     problems.add(where, e)
-        Invariants(overlay, docs, metrics, hub_policy, problems).run()
+        try:
+            Invariants(overlay, docs, metrics, hub_policy, problems).run()
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            # A hand-edited render can lack what kustomize always writes; the schemas name the cause.
+            problems.add(overlay, f"the invariants could not be checked ({type(e).__name__}: {e}): an object lacks a field they read")
     if scaled:
         keda_schema(scaled, npm_dir, problems)
     elif not problems:
