@@ -3,12 +3,12 @@
 //! | name | type | purpose |
 //! |---|---|---|
 //! | `<p>.jobs.<kind>` | durable classic queue, `x-max-priority` 9 | jobs of one kind |
-//! | `<p>.retry.<kind>.<n>` | durable queue, `x-message-ttl` = delay n, dead-letters to `<p>.jobs.<kind>` | delayed retries |
+//! | `<p>.retry.<kind>.<n>.quorum` | quorum queue, `x-message-ttl` = delay n, dead-letters at least once to `<p>.jobs.<kind>` | delayed retries |
 //! | `<p>.dead` | durable queue bound to `<p>.dlx` | dead letters, with `x-ainern2d-reason` |
 //! | `<p>.dlx` | fanout exchange | dead-letter exchange of the job queues |
 //! | `<p>.events` | topic exchange | `job.<kind>.<status>`, `worker.heartbeat.<id>` |
 //! | `<p>.control` | topic exchange | `worker.<id>`, `worker.all` |
-//! | `<p>.lease.<worker>.<uuid>` | durable queue, `x-message-ttl` = lease TTL, `x-expires` 3 × TTL, dead-letters to `<p>.jobs.<kind>` | a copy of a long job its worker holds (renewed as a new queue every third of the TTL) |
+//! | `<p>.lease.<worker>.<uuid>` | quorum queue (at-least-once dead-lettering), `x-message-ttl` = lease TTL, `x-expires` 3 × TTL, dead-letters to `<p>.jobs.<kind>` | a copy of a long job its worker holds (renewed as a new queue every third of the TTL) |
 
 use crate::job::JobKind;
 
@@ -44,8 +44,10 @@ impl Topology {
         format!("{}.jobs.{}", self.prefix, kind)
     }
 
+    /// A quorum queue (at-least-once dead-lettering), hence the suffix: the classic `<p>.retry.<kind>.<n>` of
+    /// earlier versions could not be redeclared with its new arguments.
     pub fn retry_queue(&self, kind: JobKind, level: usize) -> String {
-        format!("{}.retry.{}.{}", self.prefix, kind, level)
+        format!("{}.retry.{}.{}.quorum", self.prefix, kind, level)
     }
 
     /// A fresh lease queue of `worker_id` (`unique`: never reused, so no worker can touch another's copy).
@@ -95,6 +97,6 @@ mod tests {
     fn names() {
         let t = Topology::new("ainern2d");
         assert_eq!(t.job_queue(JobKind::Lipsync), "ainern2d.jobs.lipsync");
-        assert_eq!(t.retry_queue(JobKind::Video, 2), "ainern2d.retry.video.2");
+        assert_eq!(t.retry_queue(JobKind::Video, 2), "ainern2d.retry.video.2.quorum");
     }
 }

@@ -104,6 +104,11 @@ pub struct QueueSpec {
     /// The queue is deleted once it has had no consumer and no declaration for this long (AMQP
     /// `x-expires`), with whatever it still holds: give its messages a shorter TTL to dead-letter them first.
     pub expires_ms: Option<u64>,
+    /// Dead letters leave this queue only once their target has confirmed them. On RabbitMQ a quorum
+    /// queue with `x-dead-letter-strategy: at-least-once` (3.10+; no priorities, never exclusive): a classic
+    /// queue's dead-lettering is at-most-once, and a node killed soon after it loses the message. The
+    /// in-process broker moves a dead letter in one step either way.
+    pub durable_dead_letters: bool,
 }
 
 impl QueueSpec {

@@ -18,10 +18,13 @@ pub fn job_queue(topo: &Topology, kind: JobKind) -> QueueSpec {
     }
 }
 
-/// Retry queue `level` of `kind`: holds a copy for `delay_ms`, then dead-letters it back to the job queue.
+/// Retry queue `level` of `kind`: holds a copy for `delay_ms`, then dead-letters it back to the job queue —
+/// at least once (`durable_dead_letters`): on a classic queue a broker crash just after the move could lose
+/// the job (chaos round `0xcfd24ad0d292d207`).
 pub fn retry_queue(topo: &Topology, kind: JobKind, level: usize, delay_ms: u64) -> QueueSpec {
     QueueSpec {
         message_ttl_ms: Some(delay_ms),
+        durable_dead_letters: true,
         dead_letter_exchange: Some(String::new()),
         dead_letter_routing_key: Some(topo.job_queue(kind)),
         ..QueueSpec::durable(topo.retry_queue(kind, level))

@@ -426,7 +426,10 @@ pub async fn delete_topology(channel: &Channel, prefix: &str, retry_levels: usiz
             channel.queue_delete(format!("{prefix}.jobs.{kind}").as_str().into(), QueueDeleteOptions::default()).await;
         for level in 0..retry_levels {
             let _ = channel
-                .queue_delete(format!("{prefix}.retry.{kind}.{level}").as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(
+                    ainern2d_contract::topology::Topology::new(prefix).retry_queue(kind, level).as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
                 .await;
         }
     }

@@ -1009,7 +1009,14 @@ async fn every_poison_message_ends_as_a_dead_letter_with_a_failed_event() {
     for kind in JobKind::ALL {
         assert_eq!(queue_len(&s.channel, &format!("{}.jobs.{kind}", s.prefix)).await, 0, "{kind} queue");
         for level in 0..3 {
-            assert_eq!(queue_len(&s.channel, &format!("{}.retry.{kind}.{level}", s.prefix)).await, 0);
+            assert_eq!(
+                queue_len(
+                    &s.channel,
+                    &ainern2d_contract::topology::Topology::new(s.prefix.clone()).retry_queue(kind, level)
+                )
+                .await,
+                0
+            );
         }
     }
     assert_eq!(worker_state(w.http_port).await, "ready");

@@ -128,6 +128,8 @@ impl Held {
             dead_letter_exchange: Some(String::new()),
             dead_letter_routing_key: Some(self.shared.topology.job_queue(self.kind)),
             expires_ms: Some(3 * ttl_ms),
+            // A lapsed lease's copy must survive a broker crash on its way back (as the retries do).
+            durable_dead_letters: true,
             ..QueueSpec::durable(name)
         }
     }
