@@ -108,7 +108,15 @@ async fn consume(
         };
         hub.db_up(true);
         let last = batch.last().expect("a batch has at least one delivery");
-        last.acker.ack(true).await?;
+        // An ack on a connection that died may never return: the session's loss ends the wait, and the
+        // batch comes back on the next session (its event ids deduplicate).
+        tokio::select! {
+            acked = last.acker.ack(true) => acked?,
+            _ = lost.cancelled() => {
+                anyhow::bail!(session.lost_reason().unwrap_or_else(|| "the broker session was lost".into()))
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+        }
         hub.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         hub.metrics.events_applied.inc_by(stats.applied);
         hub.metrics.events_ignored.inc_by(stats.ignored);

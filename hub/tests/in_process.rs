@@ -369,3 +369,58 @@ async fn an_unreadable_admin_token_file_stops_the_start_naming_the_key() {
     let err = ainern2d_hub::run(hub, listener, CancellationToken::new()).await.unwrap_err().to_string();
     assert!(err.contains("`api.admin_token_file`") && err.contains("missing"), "{err}");
 }
+
+/// Found by chaos round `0x58567b048dbe8bd4`: after a broker crash the hub's ack of a batch never returned
+/// (lapin can wait for ever on a connection it has lost), so ingestion stopped for good — 20 jobs stayed
+/// `queued` with their events waiting in the hub's queue — and the hub did not exit on SIGTERM.
+#[tokio::test]
+async fn an_ack_that_never_returns_does_not_stop_ingestion_when_the_session_is_lost() {
+    let (config, _dir) = config("");
+    let store = open_store(&config).await;
+    let embedded = Arc::new(EmbeddedBroker::new());
+    let faulty = Arc::new(ainern2d_queue::faults::FaultyBroker::new(embedded.clone()));
+    let faults = faulty.faults.clone();
+    let hub = Hub::new(config, store, faulty);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ainern2d_hub::run(hub.clone(), listener, stop.clone()));
+    let deadline = tokio::time::Instant::now() + T;
+    while !hub.readiness().ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the hub is not ready: {:?}", hub.readiness());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publish = |id: &str| {
+        let event = Event::new(id, Some(JobKind::Llm), 1, "w-1", EventStatus::Succeeded, 0);
+        let embedded = embedded.clone();
+        async move {
+            let session = embedded.connect("test publisher").await.unwrap();
+            session
+                .publish("t.events", &event.routing_key(), &Message::json(serde_json::to_vec(&event).unwrap()))
+                .await
+                .unwrap();
+        }
+    };
+    let applied = |id: &'static str, within: Duration| {
+        let hub = hub.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + within;
+            while hub.store.job_status(id).await.unwrap().is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        }
+    };
+    faults.hang_acks(1);
+    publish("hung-ack-1").await;
+    assert!(applied("hung-ack-1", T).await, "the first batch was not applied");
+    // The connection dies while that batch's ack hangs.
+    faults.lose_sessions().await;
+    publish("hung-ack-2").await;
+    assert!(applied("hung-ack-2", T).await, "ingestion stopped behind an ack that never returned");
+    // And the hub still stops.
+    stop.cancel();
+    tokio::time::timeout(T, task).await.expect("the hub did not stop").unwrap().unwrap();
+}

@@ -251,6 +251,12 @@ impl Session for AmqpSession {
         if let Some(expires) = spec.expires_ms {
             args.push(("x-expires", AMQPValue::LongLongInt(expires as i64)));
         }
+        if spec.durable_dead_letters {
+            args.push(("x-queue-type", long("quorum")));
+            args.push(("x-dead-letter-strategy", long("at-least-once")));
+            // At-least-once dead-lettering requires it: a full queue refuses publishes instead of dropping.
+            args.push(("x-overflow", long("reject-publish")));
+        }
         let options = QueueDeclareOptions {
             durable: spec.durable,
             exclusive: spec.exclusive,
@@ -408,14 +414,25 @@ struct AmqpAcker {
     _channel: Channel,
 }
 
+/// How long a settlement may take: lapin's can wait for ever on a connection it has lost (a hub whose ack
+/// never returned after a broker crash stopped ingesting, chaos round `0x58567b048dbe8bd4`).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self, multiple: bool) -> Result<()> {
-        sent(self.acker.ack(BasicAckOptions { multiple }).await?, "ack")
+        match tokio::time::timeout(SETTLE_WAIT, self.acker.ack(BasicAckOptions { multiple })).await {
+            Ok(sent_or_not) => sent(sent_or_not?, "ack"),
+            Err(_) => Err(QueueError::NotSettled("ack (no answer from the connection)")),
+        }
     }
 
     async fn nack(&self, requeue: bool) -> Result<()> {
-        sent(self.acker.nack(BasicNackOptions { requeue, ..Default::default() }).await?, "nack")
+        let nack = self.acker.nack(BasicNackOptions { requeue, ..Default::default() });
+        match tokio::time::timeout(SETTLE_WAIT, nack).await {
+            Ok(sent_or_not) => sent(sent_or_not?, "nack"),
+            Err(_) => Err(QueueError::NotSettled("nack (no answer from the connection)")),
+        }
     }
 }
 

@@ -40,6 +40,7 @@ struct Rule {
 pub struct Faults {
     publishes: Mutex<Vec<Rule>>,
     acks: Mutex<usize>,
+    hung_acks: Mutex<usize>,
     nacks: Mutex<usize>,
     settled: Mutex<Vec<Settled>>,
     published: Mutex<Vec<String>>,
@@ -55,6 +56,11 @@ impl Faults {
     /// The next `times` acks are not sent (`QueueError::NotSettled`), as lapin's `Ok(false)`.
     pub fn fail_acks(&self, times: usize) {
         *self.acks.lock().unwrap() += times;
+    }
+
+    /// The next `times` acks never complete, as lapin's can on a connection it has lost.
+    pub fn hang_acks(&self, times: usize) {
+        *self.hung_acks.lock().unwrap() += times;
     }
 
     /// The next `times` nacks are not sent.
@@ -226,6 +232,9 @@ impl FaultyAcker {
 #[async_trait]
 impl Acker for FaultyAcker {
     async fn ack(&self, multiple: bool) -> Result<()> {
+        if Faults::take(&self.faults.hung_acks) {
+            return std::future::pending().await;
+        }
         if Faults::take(&self.faults.acks) {
             self.record(Settled::Failed { routing_key: self.routing_key.clone(), what: "ack" });
             return Err(QueueError::NotSettled("ack"));
