@@ -9,6 +9,7 @@ pub mod backends;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod events;
 pub mod exec;
 pub mod fetch;

@@ -50,6 +50,13 @@ enum Command {
     /// Model manifest tools.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Check the config, the broker, the store, the scratch directory, the model manifest, ONNX Runtime,
+    /// NVML and ComfyUI; print what is wrong and how to fix it. Exit status 1 when a check fails.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +102,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Doctor { json } = cli.command {
+        // A config that does not load is the first thing the doctor reports, not an error of its own.
+        let checks = ainern2d_worker::doctor::run(Config::load(cli.config.as_deref())).await;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&checks)?);
+        } else {
+            print!("{}", ainern2d_worker::doctor::render(&checks));
+        }
+        std::process::exit(i32::from(ainern2d_worker::doctor::failed(&checks)));
+    }
     let config =
         Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!(e)).context("invalid configuration")?;
     if cli.print_config {
@@ -124,6 +141,7 @@ async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Doctor { .. } => unreachable!("handled above"),
         Command::Models(ModelsCommand::Check { manifest }) => {
             let mut config = config;
             if manifest.is_some() {
