@@ -393,6 +393,10 @@ impl ArtifactStore for S3Store {
                 content_type: out.content_type().map(str::to_owned),
             })),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            // A HEAD has no body, so no error code: a refusal is known by its status alone.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 403 => Err(StoreError::Rejected(format!(
+                "S3 head of s3://{bucket}/{key} failed: access denied (HTTP 403): check the credentials and the bucket's policy"
+            ))),
             Err(e) => Err(sdk("head", bucket, key)(e)),
         }
     }

@@ -178,12 +178,16 @@ async fn run(
     let stored = replay::stored_outputs(shared, job, delivery, attempt).await.map_err(|e| {
         let why = format!("could not look for the outputs of an earlier run in the store: {e}");
         let checks = replay::undecided(delivery) + 1;
-        if e.is_retryable() && checks < replay::UNDECIDED_LIMIT {
-            Stop::Undecided(why)
-        } else {
-            // A refusal, or the store still unreachable after every check: count it as a failed attempt.
-            let why = format!("{why} ({checks} checks could not decide)");
-            Stop::Failed(Failure::new(ErrorCode::UploadFailed, true, why))
+        match (e.is_retryable(), checks < replay::UNDECIDED_LIMIT) {
+            (true, true) => Stop::Undecided(why),
+            // The store still unreachable after every check: count it as a failed attempt.
+            (true, false) => Stop::Failed(Failure::new(
+                ErrorCode::UploadFailed,
+                true,
+                format!("{why} ({checks} checks could not decide)"),
+            )),
+            // A refusal (credentials, policy): the upload would be refused too.
+            (false, _) => Stop::Failed(Failure::new(ErrorCode::UploadFailed, false, why)),
         }
     })?;
     if let Some(outputs) = stored {

@@ -1,5 +1,6 @@
-//! The replay check: a job that may have run before (a redelivery, a retry, a lapsed lease's copy, a
-//! message republished by an outbox or by the local mode's restart) looks for the outputs of an earlier complete run. When every
+//! The replay check: every delivery — a job may have run before (a redelivery, a retry, a lapsed lease's
+//! copy, a message republished by an outbox or by the local mode's restart, or a redelivery a crashed
+//! broker did not flag) — looks for the outputs of an earlier complete run. When every
 //! expected object is stored with a well-formed checksum, that success is re-announced (same event id)
 //! instead of producing a second object or a conflicting event.
 
@@ -19,7 +20,9 @@ use crate::store::StoreError;
 /// 60 s) that is about 27 minutes of checks.
 pub(super) const UNDECIDED_LIMIT: u32 = 30;
 
-/// Whether this delivery may follow an earlier run of the job.
+/// Whether this delivery says it may follow an earlier run of the job. Only a hint: the check runs for
+/// every delivery, because a broker that crashed can redeliver a job it had delivered without the
+/// `redelivered` flag (chaos round `0x281b6795ba5ad10f`: a job ran again after its success was announced).
 pub(super) fn may_have_run(delivery: &Delivery, attempt: u32) -> bool {
     let headers = &delivery.message.headers;
     delivery.redelivered
@@ -38,9 +41,7 @@ pub(super) async fn stored_outputs(
     delivery: &Delivery,
     attempt: u32,
 ) -> Result<Option<Vec<OutputObject>>, StoreError> {
-    if !may_have_run(delivery, attempt) {
-        return Ok(None);
-    }
+    let flagged = may_have_run(delivery, attempt);
     let bucket = super::upload::bucket_of(shared, job);
     let ttl = Duration::from_secs(shared.config.store.presign_ttl_s);
     let mut outputs = Vec::new();
@@ -61,6 +62,10 @@ pub(super) async fn stored_outputs(
             content_type: object.content_type.unwrap_or_else(|| "application/octet-stream".into()),
             presigned_url,
         });
+    }
+    if !outputs.is_empty() && !flagged {
+        tracing::warn!(job_id = %job.job_id, attempt, "a delivery the broker did not flag as a redelivery has stored outputs \
+            (the broker may have restarted after a crash): re-announcing them instead of running the job again");
     }
     // A pipeline that names no outputs (noop) has nothing to find: run it.
     Ok((!outputs.is_empty()).then_some(outputs))

@@ -418,6 +418,26 @@ async fn a_republished_first_attempt_is_checked_for_stored_outputs() {
     assert_eq!(ids[0], ids[1]);
 }
 
+/// Chaos round `0x281b6795ba5ad10f`: after a broker crash a job was delivered again as attempt 1, neither
+/// flagged as redelivered nor republished, and ran again after its success was announced.
+#[tokio::test]
+async fn an_unflagged_first_delivery_with_stored_outputs_is_not_run_again() {
+    let slow = Arc::new(Slow { run_for: Duration::from_millis(10), ..Default::default() });
+    let mut bed = Bed::new(Options { pipeline: Some(slow.clone()), ..Default::default() }).await;
+    bed.submit("unflagged-1", &[]).await;
+    let d = bed.delivery().await;
+    bed.handle(d).await;
+    bed.submit("unflagged-1", &[]).await;
+    let d = bed.delivery().await;
+    assert!(!d.redelivered && d.message.header_u32(ATTEMPT_HEADER).is_none(), "the copy looks like a first delivery");
+    bed.handle(d).await;
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1, "the job ran again");
+    let ids: Vec<_> =
+        bed.events().await.into_iter().filter(|e| e.status == EventStatus::Succeeded).map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1], "the re-announce carries the first success's event id");
+}
+
 #[tokio::test]
 async fn progress_is_published_while_the_pipeline_runs() {
     let slow = Arc::new(Slow { run_for: Duration::from_millis(300), ..Default::default() });
