@@ -100,6 +100,8 @@ def metric_names(expr):
         c = expr[i]
         if c in "\"'`":
             i = skip_string(expr, i)
+        elif c == "#":
+            i = skip_until(expr, i + 1, "\n")
         elif c == "{":
             i = skip_until(expr, i + 1, "}")
         elif c == "[":
