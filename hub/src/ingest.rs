@@ -39,7 +39,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
 async fn session(hub: &Arc<Hub>, shutdown: &CancellationToken, backoff: &mut Resettable) -> anyhow::Result<()> {
     let session = hub.broker.connect("ainern2d-hub ingest").await?;
     let result = consume(hub, session.as_ref(), shutdown, backoff).await;
-    session.close().await;
+    ainern2d_queue::close(session.as_ref()).await;
     result
 }
 

@@ -89,7 +89,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 };
                 hub.publisher.up.store(false, Ordering::Relaxed);
                 *hub.publisher.current.lock().expect("publisher lock") = None;
-                session.close().await;
+                ainern2d_queue::close(session.as_ref()).await;
                 match why {
                     Some(why) => why,
                     None => break,
@@ -106,7 +106,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
 async fn open(hub: &Hub, topo: &Topology) -> Result<Arc<dyn Session>, QueueError> {
     let session = hub.broker.connect("ainern2d-hub publisher").await?;
     if let Err(e) = ainern2d_queue::topology::declare_jobs(session.as_ref(), topo, &JobKind::ALL).await {
-        session.close().await;
+        ainern2d_queue::close(session.as_ref()).await;
         return Err(e);
     }
     Ok(session)

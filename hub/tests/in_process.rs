@@ -424,3 +424,27 @@ async fn an_ack_that_never_returns_does_not_stop_ingestion_when_the_session_is_l
     stop.cancel();
     tokio::time::timeout(T, task).await.expect("the hub did not stop").unwrap().unwrap();
 }
+
+/// Found by chaos round `0x2daa3530f39c7b62`: a hub did not exit within 20 s of SIGTERM; closing a broker
+/// session can wait for ever for an answer on a connection that is going away. Every close is bounded.
+#[tokio::test]
+async fn a_session_close_that_never_returns_does_not_hold_up_the_stop() {
+    let (config, _dir) = config("");
+    let store = open_store(&config).await;
+    let faulty = Arc::new(ainern2d_queue::faults::FaultyBroker::new(Arc::new(EmbeddedBroker::new())));
+    faulty.faults.hang_closes(100);
+    let hub = Hub::new(config, store, faulty);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ainern2d_hub::run(hub.clone(), listener, stop.clone()));
+    let deadline = tokio::time::Instant::now() + T;
+    while !hub.readiness().ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the hub is not ready: {:?}", hub.readiness());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(T, task).await.expect("the hub did not stop").unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(took < ainern2d_queue::CLOSE_WAIT * 2, "the stop took {took:?}");
+}

@@ -41,6 +41,7 @@ pub struct Faults {
     publishes: Mutex<Vec<Rule>>,
     acks: Mutex<usize>,
     hung_acks: Mutex<usize>,
+    hung_closes: Mutex<usize>,
     nacks: Mutex<usize>,
     settled: Mutex<Vec<Settled>>,
     published: Mutex<Vec<String>>,
@@ -61,6 +62,11 @@ impl Faults {
     /// The next `times` acks never complete, as lapin's can on a connection it has lost.
     pub fn hang_acks(&self, times: usize) {
         *self.hung_acks.lock().unwrap() += times;
+    }
+
+    /// The next `times` session closes never complete, as lapin's can on a connection that is going away.
+    pub fn hang_closes(&self, times: usize) {
+        *self.hung_closes.lock().unwrap() += times;
     }
 
     /// The next `times` nacks are not sent.
@@ -176,6 +182,9 @@ impl Session for FaultySession {
         self.inner.lost_reason()
     }
     async fn close(&self) {
+        if Faults::take(&self.faults.hung_closes) {
+            return std::future::pending().await;
+        }
         self.inner.close().await
     }
 }

@@ -236,6 +236,17 @@ pub trait Subscription: Send {
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<()>;
 }
 
+/// How long closing a session may take: a client can wait for ever for the broker's answer on a connection
+/// that is going away (a hub that did not exit within 20 s of SIGTERM, chaos round `0x2daa3530f39c7b62`).
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `session`, giving up after [`CLOSE_WAIT`]: the connection is dropped either way.
+pub async fn close(session: &dyn Session) {
+    if tokio::time::timeout(CLOSE_WAIT, session.close()).await.is_err() {
+        tracing::warn!("the broker did not answer a session's close within {CLOSE_WAIT:?}; dropping it");
+    }
+}
+
 /// A connection to the broker.
 #[async_trait]
 pub trait Session: Send + Sync {

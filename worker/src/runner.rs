@@ -93,7 +93,7 @@ async fn run_session(
     )
     .await;
     if let Err(e) = declared {
-        session.close().await;
+        ainern2d_queue::close(session.as_ref()).await;
         return SessionEnd::Lost(format!("setting up the session failed: {e}"));
     }
     let publisher = session.clone();
