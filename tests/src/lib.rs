@@ -517,6 +517,16 @@ pub async fn worker_state(http_port: u16) -> String {
     body["state"].as_str().unwrap_or_default().to_string()
 }
 
+/// The first sample of `name` on the `/metrics` of the process listening on `port`.
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
 /// A job body for `kind` with the given id and output prefix.
 pub fn job(kind: JobKind, job_id: &str, params: serde_json::Value, inputs: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

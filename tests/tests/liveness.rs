@@ -14,15 +14,6 @@ async fn health(port: u16) -> (u16, serde_json::Value) {
     (status, r.json().await.unwrap())
 }
 
-async fn metric(port: u16, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
-
 const LIVENESS: &str = "[liveness]\nstall_after_s = 2\ncheck_interval_s = 1\n";
 
 #[tokio::test(flavor = "multi_thread")]

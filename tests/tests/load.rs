@@ -46,15 +46,6 @@ impl Drop for Burners {
     }
 }
 
-async fn metric(port: u16, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_keep_flowing_while_every_core_is_busy() {
     let bed = Bed::new("load").await;
