@@ -381,14 +381,7 @@ async fn an_ack_that_never_returns_does_not_stop_ingestion_when_the_session_is_l
     let faulty = Arc::new(ainern2d_queue::faults::FaultyBroker::new(embedded.clone()));
     let faults = faulty.faults.clone();
     let hub = Hub::new(config, store, faulty);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(ainern2d_hub::run(hub.clone(), listener, stop.clone()));
-    let deadline = tokio::time::Instant::now() + T;
-    while !hub.readiness().ok() {
-        assert!(tokio::time::Instant::now() < deadline, "the hub is not ready: {:?}", hub.readiness());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (stop, task) = run_until_ready(&hub).await;
     let publish = |id: &str| {
         let event = Event::new(id, Some(JobKind::Llm), 1, "w-1", EventStatus::Succeeded, 0);
         let embedded = embedded.clone();
@@ -434,6 +427,16 @@ async fn a_session_close_that_never_returns_does_not_hold_up_the_stop() {
     let faulty = Arc::new(ainern2d_queue::faults::FaultyBroker::new(Arc::new(EmbeddedBroker::new())));
     faulty.faults.hang_closes(100);
     let hub = Hub::new(config, store, faulty);
+    let (stop, task) = run_until_ready(&hub).await;
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(T, task).await.expect("the hub did not stop").unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(took < ainern2d_queue::CLOSE_WAIT * 2, "the stop took {took:?}");
+}
+
+/// Runs `hub` (over whatever broker it was built with) until it is ready; the token stops it.
+async fn run_until_ready(hub: &Arc<Hub>) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(ainern2d_hub::run(hub.clone(), listener, stop.clone()));
@@ -442,9 +445,5 @@ async fn a_session_close_that_never_returns_does_not_hold_up_the_stop() {
         assert!(tokio::time::Instant::now() < deadline, "the hub is not ready: {:?}", hub.readiness());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = tokio::time::Instant::now();
-    stop.cancel();
-    tokio::time::timeout(T, task).await.expect("the hub did not stop").unwrap().unwrap();
-    let took = started.elapsed();
-    assert!(took < ainern2d_queue::CLOSE_WAIT * 2, "the stop took {took:?}");
+    (stop, task)
 }
