@@ -5,7 +5,8 @@
 #   - a Python venv with kubernetes-validate (the Kubernetes OpenAPI schemas), python-hcl2 (Nomad's HCL),
 #     promql-parser (the KEDA queries);
 #   - @kubernetes-models/keda from npm (KEDA's ScaledObject CRD schema), run by node;
-#   - systemd-analyze (Debian's systemd) for the units.
+#   - systemd-analyze (Debian's systemd) for the units;
+#   - compose/ and docker/ first, by scripts/check-compose.sh (docker compose and hadolint from PyPI).
 # Kubernetes is validated in the committed renders of the overlays, deploy/kubernetes/rendered/<overlay>.yaml
 # (deploy/check/render.py), so no kustomize is needed. When one is at hand (the kustomize that kubectl
 # embeds, `kubectl kustomize`, else a `kustomize` binary; neither is in Debian 12's or PyPI's packages in a
@@ -86,6 +87,12 @@ if [ "$(cat "$npm_dir/.stamp" 2>/dev/null)" != "$NPM_PKGS" ]; then
 fi
 
 command -v systemd-analyze >/dev/null || apt_install systemd
+
+# compose/ and docker/: scripts/check-compose.sh (its own tools, its own self-test, which follows
+# --no-self-test), before the manifests.
+compose_args=()
+for a in "$@"; do [ "$a" != --no-self-test ] || compose_args+=(--no-self-test); done
+scripts/check-compose.sh ${compose_args[@]+"${compose_args[@]}"}
 
 export PYTHONDONTWRITEBYTECODE=1
 exec "$py/bin/python" deploy/check/check_deploy.py --repo . --kustomize "$kustomize" \
