@@ -20,8 +20,13 @@ while read -r soname arrow path _; do
     missing=1
     continue
   fi
-  # The owner by file name, whatever directory (/lib or /usr/lib after the /usr merge) ldd found it in.
-  owner=$(dpkg -S "*/$(basename "$path")" 2>/dev/null | head -n1 | cut -d: -f1) || true
+  # The owner of that path, else of the file it links to, else of a file of that name in any directory
+  # (ldd may report /lib/... where the package installed /usr/lib/..., after the /usr merge).
+  owner=
+  for query in "$path" "$(readlink -f "$path")" "*/$(basename "$path")"; do
+    owner=$(dpkg -S "$query" 2>/dev/null | head -n1 | cut -d: -f1) || true
+    [ -z "$owner" ] || break
+  done
   if [ -z "$owner" ]; then
     echo "runtime-packages: no package owns $path ($soname)" >&2
     missing=1

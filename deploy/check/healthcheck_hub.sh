@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# docker/healthcheck.sh against a real hub (scripts/check-compose.sh): the hub runs on its in-memory SQLite
+# docker/healthcheck.sh against a real hub (scripts/check-compose.sh), after compose/hub/hub.toml has gone
+# through the hub's --print-config. The hub runs on its in-memory SQLite
 # store with a broker URL on a closed port, so /health answers 200 and /ready 503 (broker down). The
 # script must exit 0 for the first, 1 for the second, and 1 for a closed port.
 #   deploy/check/healthcheck_hub.sh HUB_BINARY
 set -euo pipefail
 hub=${1:?usage: healthcheck_hub.sh HUB_BINARY}
 check=docker/healthcheck.sh
+# compose/hub/hub.toml (cpu.yml's) through the hub's own parser first.
+RUST_BACKTRACE=0 "$hub" --config compose/hub/hub.toml --print-config run >/dev/null \
+  || { echo "healthcheck: FAIL compose/hub/hub.toml is not a valid hub config" >&2; exit 1; }
+echo "healthcheck: ok    compose/hub/hub.toml parsed by $hub --print-config"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port) closed=$(free_port)
 log=$(mktemp)
