@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the ONNX Runtime shared library the worker loads at run time (`onnx.runtime_path` or
 # ORT_DYLIB_PATH), taken from the official wheel on PyPI: `onnxruntime` (CPU) or, with --gpu,
-# `onnxruntime-gpu` (CUDA execution provider; needs CUDA 12 and cuDNN 9 libraries on the machine).
+# `onnxruntime-gpu` (CUDA execution provider; built for CUDA 13: needs CUDA 13 and cuDNN 9 libraries on the machine).
 #
 #   scripts/install-onnxruntime.sh [--gpu] [DIR]     (default DIR: ~/.local/lib/ainern2d/onnxruntime)
 #
