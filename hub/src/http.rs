@@ -25,6 +25,7 @@ pub fn router(hub: Arc<Hub>, tokens: Tokens) -> Router {
     }
     let probes =
         Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics));
+    let probes = probes.merge(crate::ui::router());
     crate::api::router(&hub, tokens, probes).with_state(hub)
 }
 

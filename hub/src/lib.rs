@@ -18,6 +18,7 @@ pub mod policy;
 pub mod publisher;
 pub mod status;
 pub mod store;
+mod ui;
 mod watch;
 
 use std::sync::Arc;

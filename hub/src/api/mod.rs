@@ -8,6 +8,7 @@
 pub mod auth;
 mod fleet;
 mod jobs;
+mod queues;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub fn router(hub: &Hub, tokens: Tokens, bounded: Router<Arc<Hub>>) -> Router<Ar
         .route("/v1/workers", get(fleet::workers).layer(read.clone()))
         .route("/v1/workers/{id}/{action}", post(fleet::worker_action).layer(admin))
         .route("/v1/policy", get(fleet::policy).layer(read.clone()))
+        .route("/v1/queues", get(queues::queues).layer(read.clone()))
         // Outermost last: a request waiting for a turn counts against its timeout.
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(http.max_concurrent_requests))
         .layer(TimeoutLayer::with_status_code(
