@@ -1,6 +1,7 @@
 //! What every ainern2d program's `main` shares, written once: loading a typed config from a TOML file
 //! plus `<PREFIX><SECTION>__<KEY>` environment overrides with errors that name the key, the `log` section
-//! and its subscriber (JSON in production, pretty in a terminal), and the shutdown signal. It knows no
+//! and its subscriber (JSON in production, pretty in a terminal; OpenTelemetry traces over OTLP when
+//! configured, `trace`), and the shutdown signal. It knows no
 //! program's config; each program validates its own.
 
 use std::path::Path;
@@ -10,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+pub mod trace;
 
 /// Reads `T` from its defaults, then the TOML file at `path` (which must exist when given), then the
 /// variables `<env_prefix><SECTION>__<KEY>`, except those named in `not_keys` (variables of the same prefix
@@ -73,9 +76,14 @@ impl Default for LogConfig {
     }
 }
 
-/// Installs the global subscriber: logs on stderr, JSON unless a terminal (or as `format` says).
-pub fn init_logs(config: &LogConfig) {
+/// Installs the global subscriber: logs on stderr, JSON unless a terminal (or as `format` says), and the
+/// spans of the ainern2d crates over OTLP when an endpoint is configured ([`trace`]), as `service`. Keep
+/// what it returns until the program exits: dropping it flushes the last spans.
+pub fn init_logs(config: &LogConfig, service: &str) -> trace::Telemetry {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.filter));
     let json = match config.format {
@@ -83,12 +91,17 @@ pub fn init_logs(config: &LogConfig) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json { logs.json().flatten_event(true).boxed() } else { logs.boxed() };
+    let (traces, telemetry, warnings) = trace::layer(service);
+    tracing_subscriber::registry().with(logs).with(traces).with(filter).init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
+    if let Some(endpoint) = trace::endpoint().filter(|_| trace::enabled()) {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    telemetry
 }
 
 /// A token that fires on the first SIGTERM or SIGINT.

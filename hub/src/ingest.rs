@@ -96,6 +96,7 @@ async fn consume(
                 tracing::warn!(routing_key = %d.routing_key, "dropping a malformed event: {e}");
             }
         }
+        let spans = ingest_spans(&events, batch.len());
         let started = Instant::now();
         // The batch stays unacked until it is committed; a database outage is waited out, not dropped.
         let write = (|| hub.store.apply_batch(&events, &heartbeats)).retry(backoff::database()).notify(|e, delay| {
@@ -117,6 +118,7 @@ async fn consume(
             }
             _ = shutdown.cancelled() => return Ok(()),
         }
+        drop(spans);
         hub.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         hub.metrics.events_applied.inc_by(stats.applied);
         hub.metrics.events_ignored.inc_by(stats.ignored);
@@ -124,4 +126,27 @@ async fn consume(
         hub.metrics.heartbeats.inc_by(stats.heartbeats);
         hub.on_batch(&finished, &heartbeats).await;
     }
+}
+
+/// With traces on, one `ingest` span per event that carries a `traceparent`, a child of the worker's span
+/// for the job: it lasts from the batch's parsing to its ack (the event is then in the status store).
+fn ingest_spans(events: &[Event], batch: usize) -> Vec<tracing::Span> {
+    if !ainern2d_cli::trace::enabled() {
+        return Vec::new();
+    }
+    let traced = events.iter().filter_map(|e| e.traceparent.as_deref().map(|tp| (e, tp)));
+    traced
+        .map(|(e, tp)| {
+            let span = tracing::info_span!(
+                "ingest",
+                otel.kind = "consumer",
+                job_id = %e.job_id,
+                status = e.status.as_str(),
+                event_id = %e.event_id,
+                batch,
+            );
+            ainern2d_cli::trace::set_parent(&span, Some(tp));
+            span
+        })
+        .collect()
 }

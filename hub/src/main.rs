@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_masked_toml());
         return Ok(());
     }
-    ainern2d_cli::init_logs(&config.log);
+    let _telemetry = ainern2d_cli::init_logs(&config.log, "ainern2d-hub");
     match cli.command {
         Command::Migrate => {
             use ainern2d_hub::store::{self, Backend};

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let hub = ainern2d_hub::config::Config::load(cli.hub_config.as_deref())
         .map_err(|e| anyhow::anyhow!(e))
         .context("invalid hub configuration")?;
-    ainern2d_cli::init_logs(&worker.log);
+    let _telemetry = ainern2d_cli::init_logs(&worker.log, "ainern2d-local");
     let shutdown = ainern2d_cli::shutdown_on_signal();
     let opts = ainern2d_local::Options {
         data_dir: cli.data_dir,

@@ -120,7 +120,7 @@ async fn run() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run => {
-            ainern2d_cli::init_logs(&config.log);
+            let _telemetry = ainern2d_cli::init_logs(&config.log, "ainern2d-worker");
             ainern2d_worker::serve(config, ainern2d_cli::shutdown_on_signal()).await
         }
         Command::Exec { job, out, models, backend, comfyui_url, templates } => {

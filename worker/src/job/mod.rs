@@ -31,6 +31,7 @@ use ainern2d_contract::{ErrorCode, EventStatus, Execution, Job, JobKind, OutputO
 use ainern2d_pipelines::CancellationToken;
 use ainern2d_queue::Delivery;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::Shared;
 use crate::broker::Publisher;
@@ -124,6 +125,18 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, mut del
     };
     // Held longer than `jobs.lease_after_s`, the job is held by a lease instead of its delivery.
     let _lease = lease::install(&shared, &ctx, kind, &mut delivery);
+    // The job's span continues the control plane's trace; its events carry this span on to the hub.
+    let span = tracing::info_span!(
+        "job",
+        otel.kind = "consumer",
+        job_id = %job.job_id,
+        %kind,
+        attempt,
+        otel.status_code = Empty,
+        error.code = Empty,
+    );
+    ainern2d_cli::trace::set_parent(&span, job.traceparent.as_deref());
+    let traceparent = ainern2d_cli::trace::traceparent(&span).or_else(|| job.traceparent.clone());
     let emitter = Emitter::new(
         ctx.publisher.clone(),
         shared.topology.events_exchange(),
@@ -132,15 +145,21 @@ pub async fn handle(shared: Arc<Shared>, ctx: SessionCtx, kind: JobKind, mut del
         attempt,
         &shared.config.worker_id,
     )
-    .with_trace(job.traceparent.clone())
+    .with_trace(traceparent)
     .with_downgrade(shared.downgrade().map(|d| d.name));
-    let span = tracing::info_span!("job", job_id = %job.job_id, %kind, attempt);
     async {
         // From here on a `cancel` command reaches this delivery, whatever stage it is in.
         let cancel = ctx.abort.child_token();
         let registration = shared.running.register(&job.job_id, cancel.clone());
         let result = run(&shared, &ctx, &emitter, &job, attempt, &delivery, received, &registration, &cancel).await;
-        dispose::finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result).await;
+        if let Err(Stop::Failed(f)) = &result {
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "error");
+            span.record("error.code", f.code.as_str());
+        }
+        dispose::finish(&shared, &ctx, &emitter, &job, attempt, &delivery, result)
+            .instrument(tracing::info_span!("publish"))
+            .await;
         drop(registration);
     }
     .instrument(span)
@@ -164,37 +183,15 @@ async fn run(
     registration: &registry::Registration,
     cancel: &CancellationToken,
 ) -> Result<Done, Stop> {
-    if shared.take_cancelled(&job.job_id) {
-        tracing::info!("cancelled before it was delivered; not running it");
-        return Err(Stop::Interrupted(Interruption::Requested));
-    }
-    let cancelled = || Stop::Interrupted(why_cancelled(ctx));
-    // Another delivery of this job may still be running here (the broker redelivered it after this
-    // worker's connection was lost, while the first run went on): wait for it, then find its outputs.
-    let _exclusive = tokio::select! {
-        guard = registration.exclusive() => guard,
-        _ = cancel.cancelled() => return Err(cancelled()),
+    // Held to the end: another delivery of this job waits for this one (`prepare`).
+    let _exclusive = match prepare(shared, ctx, job, attempt, delivery, received, registration, cancel)
+        .instrument(tracing::info_span!("receive"))
+        .await?
+    {
+        Prepared::Run(exclusive) => exclusive,
+        Prepared::Stored(done) => return Ok(done),
     };
-    let stored = replay::stored_outputs(shared, job, delivery, attempt).await.map_err(|e| {
-        let why = format!("could not look for the outputs of an earlier run in the store: {e}");
-        let checks = replay::undecided(delivery) + 1;
-        match (e.is_retryable(), checks < replay::UNDECIDED_LIMIT) {
-            (true, true) => Stop::Undecided(why),
-            // The store still unreachable after every check: count it as a failed attempt.
-            (true, false) => Stop::Failed(Failure::new(
-                ErrorCode::UploadFailed,
-                true,
-                format!("{why} ({checks} checks could not decide)"),
-            )),
-            // A refusal (credentials, policy): the upload would be refused too.
-            (false, _) => Stop::Failed(Failure::new(ErrorCode::UploadFailed, false, why)),
-        }
-    })?;
-    if let Some(outputs) = stored {
-        tracing::info!("outputs already stored by an earlier delivery; re-announcing success");
-        let timings = BTreeMap::from([("total".to_string(), ms(received.elapsed()))]);
-        return Ok(Done { outputs, execution: None, timings });
-    }
+    let cancelled = || Stop::Interrupted(why_cancelled(ctx));
     let limit = Limit::of(shared, job);
     if let Some(limit) = &limit
         && limit.at <= Instant::now()
@@ -224,6 +221,59 @@ async fn run(
     };
     // The stages only know the token fired; the session knows why.
     result.map_err(|stop| if matches!(stop, Stop::Cancelled) { cancelled() } else { stop })
+}
+
+enum Prepared {
+    /// Run it, holding this job's turn on this worker.
+    Run(tokio::sync::OwnedMutexGuard<()>),
+    /// An earlier run's outputs are stored: re-announce them.
+    Stored(Done),
+}
+
+/// The `receive` span: a cancel that came first, another run of this job here, outputs already stored.
+#[allow(clippy::too_many_arguments)]
+async fn prepare(
+    shared: &Arc<Shared>,
+    ctx: &SessionCtx,
+    job: &Job,
+    attempt: u32,
+    delivery: &Delivery,
+    received: Instant,
+    registration: &registry::Registration,
+    cancel: &CancellationToken,
+) -> Result<Prepared, Stop> {
+    if shared.take_cancelled(&job.job_id) {
+        tracing::info!("cancelled before it was delivered; not running it");
+        return Err(Stop::Interrupted(Interruption::Requested));
+    }
+    let cancelled = || Stop::Interrupted(why_cancelled(ctx));
+    // Another delivery of this job may still be running here (the broker redelivered it after this
+    // worker's connection was lost, while the first run went on): wait for it, then find its outputs.
+    let exclusive = tokio::select! {
+        guard = registration.exclusive() => guard,
+        _ = cancel.cancelled() => return Err(cancelled()),
+    };
+    let stored = replay::stored_outputs(shared, job, delivery, attempt).await.map_err(|e| {
+        let why = format!("could not look for the outputs of an earlier run in the store: {e}");
+        let checks = replay::undecided(delivery) + 1;
+        match (e.is_retryable(), checks < replay::UNDECIDED_LIMIT) {
+            (true, true) => Stop::Undecided(why),
+            // The store still unreachable after every check: count it as a failed attempt.
+            (true, false) => Stop::Failed(Failure::new(
+                ErrorCode::UploadFailed,
+                true,
+                format!("{why} ({checks} checks could not decide)"),
+            )),
+            // A refusal (credentials, policy): the upload would be refused too.
+            (false, _) => Stop::Failed(Failure::new(ErrorCode::UploadFailed, false, why)),
+        }
+    })?;
+    if let Some(outputs) = stored {
+        tracing::info!("outputs already stored by an earlier delivery; re-announcing success");
+        let timings = BTreeMap::from([("total".to_string(), ms(received.elapsed()))]);
+        return Ok(Prepared::Stored(Done { outputs, execution: None, timings }));
+    }
+    Ok(Prepared::Run(exclusive))
 }
 
 /// The time a job must be done by: its `deadline`, or `jobs.max_runtime_s` of its kind, whichever is first.
@@ -271,22 +321,29 @@ async fn stages(
     let kind = job.kind();
     let downgrade = shared.downgrade();
     let mut timings = BTreeMap::new();
-    let permit = acquire_slot(shared, emitter, kind, cancel).await?;
+    let permit = acquire_slot(shared, emitter, kind, cancel).instrument(tracing::info_span!("slot")).await?;
     timings.insert("queue".to_string(), ms(received.elapsed()));
     let body = async {
         let mut took = Vec::new();
         let started = Instant::now();
-        let (inputs, scratch) = inputs::fetch(shared, job, cancel).await?;
+        let (inputs, scratch) = inputs::fetch(shared, job, cancel).instrument(tracing::info_span!("fetch")).await?;
         took.push(("fetch", started.elapsed()));
 
         let started = Instant::now();
+        let span = tracing::info_span!("inference", backend = Empty, model = Empty, device = Empty);
         let (artifacts, execution, scratch) =
-            infer::run(shared, emitter, job, attempt, inputs, scratch, downgrade, cancel).await?;
+            infer::run(shared, emitter, job, attempt, inputs, scratch, downgrade, cancel)
+                .instrument(span.clone())
+                .await?;
+        span.record("backend", execution.backend.as_str());
+        span.record("model", execution.model.as_deref());
+        span.record("device", execution.device.as_deref());
         took.push(("inference", started.elapsed()));
         drop(permit);
 
         let started = Instant::now();
-        let outputs = upload::put_all(shared, job, &artifacts, cancel).await?;
+        let outputs =
+            upload::put_all(shared, job, &artifacts, cancel).instrument(tracing::info_span!("upload")).await?;
         took.push(("upload", started.elapsed()));
         drop(scratch);
         Ok::<_, Stop>((outputs, execution, took))
