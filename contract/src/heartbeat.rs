@@ -22,6 +22,29 @@ pub enum WorkerState {
     Stopping,
 }
 
+impl WorkerState {
+    pub const ALL: [WorkerState; 6] = [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Cordoned,
+        WorkerState::Draining,
+        WorkerState::Drained,
+        WorkerState::Stopping,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Cordoned => "cordoned",
+            WorkerState::Draining => "draining",
+            WorkerState::Drained => "drained",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SlotUsage {
     pub total: u32,
@@ -115,4 +138,16 @@ pub struct Heartbeat {
     /// Backend servers by job kind (`video`: ComfyUI); absent for in-process pipelines.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<String, BackendStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_are_the_wire_names() {
+        for state in WorkerState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 }

@@ -12,9 +12,22 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
 pub struct Metrics {
     /// Ready + in-flight jobs per kind, as last sampled.
     pub backlog: Family<KindLabel, Gauge>,
+    /// Messages ready in each kind's job queue, as last sampled.
+    pub queue_ready: Family<KindLabel, Gauge>,
+    /// Subscriptions on each kind's job queue (every worker consuming the kind), as last sampled.
+    pub queue_consumers: Family<KindLabel, Gauge>,
+    /// Messages ready in the dead-letter queue, as last sampled.
+    pub dead_letters: Gauge,
+    /// Registered workers by state (`idle`, `busy`, `cordoned`, `draining`, … and `lost`).
+    pub workers: Family<StateLabel, Gauge>,
     /// What an autoscaler should run per kind (current replicas while the backlog rule is quiet).
     pub desired_replicas: Family<KindLabel, Gauge>,
     pub downgraded_workers: Gauge,
@@ -44,6 +57,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ainern2d_hub");
         let m = Metrics {
             backlog: Family::default(),
+            queue_ready: Family::default(),
+            queue_consumers: Family::default(),
+            dead_letters: Gauge::default(),
+            workers: Family::default(),
             desired_replicas: Family::default(),
             downgraded_workers: Gauge::default(),
             events_applied: Counter::default(),
@@ -84,6 +101,14 @@ impl Metrics {
         registry.register("policy_decisions", "Fleet policy decisions", m.decisions.clone());
         registry.register("ingest_batch_seconds", "Time to write one batch of events", m.batch_seconds.clone());
         registry.register("backlog", "Ready plus in-flight jobs per kind", m.backlog.clone());
+        registry.register("queue_ready", "Messages ready in each kind's job queue", m.queue_ready.clone());
+        registry.register(
+            "queue_consumers",
+            "Consumers on each kind's job queue (0 while jobs wait: nothing takes them)",
+            m.queue_consumers.clone(),
+        );
+        registry.register("dead_letters", "Messages ready in the dead-letter queue", m.dead_letters.clone());
+        registry.register("workers", "Registered workers by state (lost: no heartbeat)", m.workers.clone());
         registry.register(
             "desired_replicas",
             "Worker replicas the fleet policy asks for, per kind",

@@ -1,14 +1,16 @@
 //! Periodic checks: the backlog of every job queue (for the backlog rule and the autoscaling gauges) and
 //! workers whose heartbeats stopped.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ainern2d_contract::WorkerState;
 use ainern2d_contract::topology::Topology;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
-use crate::metrics::KindLabel;
+use crate::metrics::{KindLabel, StateLabel};
 
 /// Samples every job queue's backlog (ready, by passive declare, plus in flight, from the jobs table) and the
 /// replicas serving each kind, for the backlog rule and the autoscaling gauges.
@@ -30,12 +32,14 @@ async fn sample_backlog(hub: &Hub, topo: &Topology) -> anyhow::Result<()> {
     let session = hub.publisher.session().ok_or(crate::publisher::PublishError::NotConnected)?;
     let now = chrono::Utc::now();
     for kind in ainern2d_contract::JobKind::ALL {
-        let Some(ready) = session.queue_depth(&topo.job_queue(kind)).await? else { continue };
+        let Some(stats) = session.queue_stats(&topo.job_queue(kind)).await? else { continue };
         let in_flight = hub.store.in_flight(kind.as_str()).await?;
         let replicas = hub.store.replicas(kind.as_str()).await?;
-        let backlog = u64::from(ready) + in_flight;
+        let backlog = u64::from(stats.ready) + in_flight;
         let label = KindLabel { kind: kind.as_str().into() };
         hub.metrics.backlog.get_or_create(&label).set(backlog as i64);
+        hub.metrics.queue_ready.get_or_create(&label).set(i64::from(stats.ready));
+        hub.metrics.queue_consumers.get_or_create(&label).set(i64::from(stats.consumers));
         let decision = {
             let mut policy = hub.policy.lock().await;
             let d = policy.backlog_sample(now, kind.as_str(), backlog, replicas);
@@ -49,6 +53,19 @@ async fn sample_backlog(hub: &Hub, topo: &Topology) -> anyhow::Result<()> {
         if let Some(d) = decision {
             hub.record(now, d).await;
         }
+    }
+    if let Some(dead) = session.queue_depth(&topo.dead_letter_queue()).await? {
+        hub.metrics.dead_letters.set(i64::from(dead));
+    }
+    // Every state is written each time, so one nobody is in any more reads 0. A lost worker is `lost`
+    // whatever its last heartbeat said.
+    let mut states: BTreeMap<String, i64> =
+        WorkerState::ALL.iter().map(|s| s.as_str()).chain(["lost"]).map(|s| (s.to_string(), 0)).collect();
+    for w in hub.store.list_workers().await? {
+        *states.entry(if w.lost { "lost".into() } else { w.state }).or_default() += 1;
+    }
+    for (state, n) in states {
+        hub.metrics.workers.get_or_create(&StateLabel { state }).set(n);
     }
     Ok(())
 }

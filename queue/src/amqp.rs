@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Acker, Broker, Delivery, ExchangeKind, HeaderValue, Message, QueueError, QueueSpec, Result, Session, Subscription,
+    Acker, Broker, Delivery, ExchangeKind, HeaderValue, Message, QueueError, QueueSpec, QueueStats, Result, Session,
+    Subscription,
 };
 
 /// RabbitMQ at an `amqp://` URL.
@@ -295,14 +296,14 @@ impl Session for AmqpSession {
         Ok(())
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>> {
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>> {
         // A passive declare of a missing queue closes its channel: use a channel of its own.
         let channel = self.conn.create_channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         match channel.queue_declare(queue.into(), passive, FieldTable::default()).await {
             Ok(q) => {
                 let _ = channel.close(200, "done".into()).await;
-                Ok(Some(q.message_count()))
+                Ok(Some(QueueStats { ready: q.message_count(), consumers: q.consumer_count() }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),

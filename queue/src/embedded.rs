@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, Result, Session, Subscription, topic_matches,
+    Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, QueueStats, Result, Session, Subscription,
+    topic_matches,
 };
 
 /// The broker. Clones share the same queues.
@@ -449,13 +450,13 @@ impl Session for EmbeddedSession {
         Ok(())
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>> {
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>> {
         self.check_open()?;
         // A passive declaration on RabbitMQ: it renews `expires_ms` too.
         let mut state = self.inner.lock();
         Ok(state.queues.get_mut(queue).map(|q| {
             q.used = Instant::now();
-            q.ready.len() as u32
+            QueueStats { ready: q.ready.len() as u32, consumers: q.consumers.len() as u32 }
         }))
     }
 

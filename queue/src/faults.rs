@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, Result, Session, Subscription};
+use crate::{
+    Acker, Broker, Delivery, ExchangeKind, Message, QueueError, QueueSpec, QueueStats, Result, Session, Subscription,
+};
 
 /// How a settlement of a delivery ended, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,8 +163,8 @@ impl Session for FaultySession {
     async fn delete_exchange(&self, exchange: &str) -> Result<()> {
         self.inner.delete_exchange(exchange).await
     }
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>> {
-        self.inner.queue_depth(queue).await
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>> {
+        self.inner.queue_stats(queue).await
     }
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()> {
         self.faults.check_publish(&format!("{exchange}/{routing_key}"))?;

@@ -78,6 +78,14 @@ impl QueueError {
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready (deliveries not yet settled are not counted).
+    pub ready: u32,
+    /// Subscriptions on the queue, on every connection.
+    pub consumers: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
     /// Routing keys matched against binding patterns with `*` (one word) and `#` (any words).
     Topic,
@@ -260,7 +268,11 @@ pub trait Session: Send + Sync {
     async fn delete_exchange(&self, exchange: &str) -> Result<()>;
     /// Messages ready in a queue (not counting deliveries not yet settled); `None` when it does not exist.
     /// A passive declaration: it renews the queue's `expires_ms`.
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>>;
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u32>> {
+        Ok(self.queue_stats(queue).await?.map(|s| s.ready))
+    }
+    /// [`Session::queue_depth`] and the queue's consumer count, in one passive declaration.
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>>;
     /// Publishes and waits until the broker has taken responsibility for the message.
     async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<()>;
     /// Publishes without waiting for the confirm (progress-like messages whose loss is harmless); order

@@ -304,6 +304,9 @@ async fn competing_consumers_share(mut bed: Bed) {
     let mut one = bed.session.subscribe(&q, "one", 1).await.unwrap();
     let other_session = bed.broker.connect("other").await.unwrap();
     let mut two = other_session.subscribe(&q, "two", 1).await.unwrap();
+    // The count covers every connection's subscriptions (the hub's `queue_consumers` gauge).
+    let stats = bed.session.queue_stats(&q).await.unwrap().unwrap();
+    assert_eq!((stats.ready, stats.consumers), (0, 2));
     for i in 0..2 {
         bed.publish("", &q, &format!("m{i}")).await;
     }
@@ -316,6 +319,17 @@ async fn competing_consumers_share(mut bed: Bed) {
     b.acker.ack(false).await.unwrap();
     drop(two);
     other_session.close().await;
+    one.cancel().await.unwrap();
+    let mut left = 2;
+    for _ in 0..50 {
+        left = bed.session.queue_stats(&q).await.unwrap().unwrap().consumers;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "cancelled and closed subscriptions still counted");
+    drop(one);
     bed.cleanup().await;
 }
 

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+use crate::metrics::Metrics;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -44,6 +45,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let (ok, body) = readiness(&shared);
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+/// What `/ready` answers: whether the worker takes jobs, and why not.
+fn readiness(shared: &Shared) -> (bool, serde_json::Value) {
     let broker = shared.broker_connected();
     let store = shared.store_ready();
     let state = shared.state();
@@ -78,9 +85,33 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         },
         "backends": backends.iter().map(|(k, s)| (k.as_str(), s)).collect::<std::collections::BTreeMap<_, _>>(),
     });
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (ok, body)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    sample(&shared);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.render())
+}
+
+/// The gauges read at each scrape: readiness, state, slots, and the GPUs NVML sees.
+fn sample(shared: &Shared) {
+    use crate::metrics::{GpuLabels, StateLabel};
+    let m = &shared.metrics;
+    m.ready.set(i64::from(readiness(shared).0));
+    let state = shared.state();
+    for s in ainern2d_contract::WorkerState::ALL {
+        m.state.get_or_create(&StateLabel { state: s.as_str().into() }).set(i64::from(s == state));
+    }
+    for (kind, slots) in &shared.slots {
+        let (total, busy) = slots.usage();
+        let label = Metrics::kind(kind.as_str());
+        m.slots.get_or_create(&label).set(i64::from(total));
+        m.slots_busy.get_or_create(&label).set(i64::from(busy));
+    }
+    for gpu in shared.gpus.stats() {
+        let labels = GpuLabels { gpu: gpu.index.to_string(), uuid: gpu.uuid.clone() };
+        m.gpu_utilization.get_or_create(&labels).set(f64::from(gpu.utilization_pct) / 100.0);
+        m.gpu_memory_used.get_or_create(&labels).set(gpu.memory_used_bytes as i64);
+        m.gpu_memory_total.get_or_create(&labels).set(gpu.memory_total_bytes as i64);
+    }
 }

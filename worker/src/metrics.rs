@@ -1,5 +1,7 @@
 //! Prometheus metrics, prefixed `ainern2d_worker_`, with bounded label sets (kind, outcome, stage).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -55,6 +57,26 @@ pub struct Metrics {
     pub leased: Family<KindLabel, Gauge>,
     pub stalled: Gauge,
     pub recycles: Family<ReasonLabel, Counter>,
+    /// Set at each scrape ([`Metrics::sample`]): what `/ready` would answer, the state, slots and GPUs.
+    pub ready: Gauge,
+    pub state: Family<StateLabel, Gauge>,
+    pub slots: Family<KindLabel, Gauge>,
+    pub slots_busy: Family<KindLabel, Gauge>,
+    pub gpu_utilization: Family<GpuLabels, Gauge<f64, AtomicU64>>,
+    pub gpu_memory_used: Family<GpuLabels, Gauge>,
+    pub gpu_memory_total: Family<GpuLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// A GPU as NVML names it; `gpu` is its index, as in dcgm-exporter's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub gpu: String,
+    pub uuid: String,
 }
 
 impl Metrics {
@@ -129,6 +151,20 @@ impl Metrics {
         );
         let recycles = Family::<ReasonLabel, Counter>::default();
         registry.register("recycles", "Drains begun to replace this process (liveness.recycle_*)", recycles.clone());
+        let ready = Gauge::default();
+        registry.register("ready", "1 while /ready answers 200 (taking jobs)", ready.clone());
+        let state = Family::<StateLabel, Gauge>::default();
+        registry.register("state", "1 for the worker's state (starting, ready, cordoned, draining, …)", state.clone());
+        let slots = Family::<KindLabel, Gauge>::default();
+        registry.register("slots", "Inference slots per kind (lowered by a downgrade)", slots.clone());
+        let slots_busy = Family::<KindLabel, Gauge>::default();
+        registry.register("slots_busy", "Inference slots running a job", slots_busy.clone());
+        let gpu_utilization = Family::<GpuLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("gpu_utilization_ratio", "GPU busy share, from NVML (0-1)", gpu_utilization.clone());
+        let gpu_memory_used = Family::<GpuLabels, Gauge>::default();
+        registry.register("gpu_memory_used_bytes", "GPU memory in use, from NVML", gpu_memory_used.clone());
+        let gpu_memory_total = Family::<GpuLabels, Gauge>::default();
+        registry.register("gpu_memory_total_bytes", "GPU memory, from NVML", gpu_memory_total.clone());
         Metrics {
             registry,
             jobs,
@@ -147,6 +183,13 @@ impl Metrics {
             leased,
             stalled,
             recycles,
+            ready,
+            state,
+            slots,
+            slots_busy,
+            gpu_utilization,
+            gpu_memory_used,
+            gpu_memory_total,
         }
     }
 
