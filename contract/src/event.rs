@@ -149,6 +149,8 @@ pub struct Event {
     /// Name of the downgrade profile applied to this job, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downgrade: Option<String>,
+    /// W3C trace context: the job's `traceparent`, continued. With traces on (OTLP) it names the worker's
+    /// span for the job (same trace id), so the hub's ingest span hangs below it; without, the job's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
