@@ -236,6 +236,16 @@ async fn the_api_submits_reads_lists_streams_and_controls_and_guards_every_mutat
         .await
         .unwrap();
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
+    let recent: serde_json::Value =
+        http.get(format!("{base}/v1/jobs?order=recent&limit=1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (recent["jobs"][0]["job_id"].as_str(), &recent["next_after"]),
+        (Some("api-1"), &serde_json::Value::Null)
+    );
+    for bad in ["order=newest", "order=recent&after=a"] {
+        let r = http.get(format!("{base}/v1/jobs?{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
     // The event stream of a finished job replays its events and ends.
     let sse = http.get(format!("{base}/v1/jobs/api-1/events")).send().await.unwrap().text().await.unwrap();
     assert!(sse.contains("event: succeeded"), "{sse}");

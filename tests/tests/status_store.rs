@@ -430,6 +430,12 @@ async fn jobs_list_with_filters_and_keyset_pagination(store: Store) {
         ids(JobFilter { kind: some("video"), after: some("j02"), limit: 1, ..Default::default() }).await,
         ["j04"]
     );
+
+    // The most recently changed first: the three that ran (one batch), then the others newest first.
+    let recent = JobFilter { recent: true, ..all.clone() };
+    assert_eq!(ids(recent.clone()).await, ["j06", "j04", "j03", "j07", "j05", "j02", "j01"]);
+    assert_eq!(ids(JobFilter { limit: 2, ..recent.clone() }).await, ["j06", "j04"]);
+    assert_eq!(ids(JobFilter { kind: some("llm"), ..recent }).await, ["j03", "j07", "j05", "j01"]);
 }
 
 async fn job_events_come_in_attempt_and_sequence_order(store: Store) {

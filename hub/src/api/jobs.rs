@@ -95,6 +95,8 @@ pub(super) struct ListQuery {
     /// Keyset pagination: jobs with an id after this one.
     after: Option<String>,
     limit: Option<i64>,
+    /// `id` (the default, pageable with `after`) or `recent`: the most recently changed first.
+    order: Option<String>,
 }
 
 pub(super) async fn list(
@@ -106,12 +108,22 @@ pub(super) async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000".into()));
     }
-    let filter = JobFilter { status: q.status, kind: q.kind, after: q.after, limit: limit as u32 };
+    let recent = match q.order.as_deref() {
+        None | Some("id") => false,
+        Some("recent") if q.after.is_none() => true,
+        Some("recent") => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, "order=recent does not page: drop `after`".into()));
+        }
+        Some(other) => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, format!("order must be `id` or `recent` (got `{other}`)")));
+        }
+    };
+    let filter = JobFilter { status: q.status, kind: q.kind, after: q.after, limit: limit as u32, recent };
     let mut jobs = hub.store.list_jobs(&filter).await?;
     if !access.sees_presigned_urls() {
         jobs.iter_mut().filter_map(|j| j.outputs.as_mut()).for_each(redact_outputs);
     }
-    let next = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.job_id.clone())).flatten();
+    let next = (!recent && jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.job_id.clone())).flatten();
     Ok(Json(serde_json::json!({"jobs": jobs, "next_after": next})).into_response())
 }
 

@@ -20,10 +20,11 @@ pub(super) async fn queues(State(hub): State<Arc<Hub>>) -> ApiResult {
     for kind in JobKind::ALL {
         let queue = topo.job_queue(kind);
         // Unknown (null) while the broker is away or the queue is not declared: never a guessed 0.
-        let ready = match &session {
-            Some(s) => s.queue_depth(&queue).await.ok().flatten(),
+        let stats = match &session {
+            Some(s) => s.queue_stats(&queue).await.ok().flatten(),
             None => None,
         };
+        let (ready, consumers) = (stats.map(|s| s.ready), stats.map(|s| s.consumers));
         let in_flight = hub.store.in_flight(kind.as_str()).await?;
         let replicas = hub.store.replicas(kind.as_str()).await?;
         let backlog = ready.map(|r| u64::from(r) + in_flight);
@@ -35,6 +36,7 @@ pub(super) async fn queues(State(hub): State<Arc<Hub>>) -> ApiResult {
             "kind": kind.as_str(),
             "queue": queue,
             "ready": ready,
+            "consumers": consumers,
             "in_flight": in_flight,
             "backlog": backlog,
             "replicas": replicas,
@@ -123,6 +125,7 @@ mod tests {
         }
         let kind = |k: &str| of(&body, k);
         assert_eq!(kind("audio")["queue"], "q.jobs.audio");
+        assert_eq!(kind("audio")["consumers"], 0, "nothing subscribed in this test: {body}");
         assert_eq!((kind("audio")["ready"].clone(), kind("audio")["backlog"].clone()), (2.into(), 2.into()), "{body}");
         assert_eq!(
             (kind("video")["in_flight"].clone(), kind("video")["backlog"].clone()),

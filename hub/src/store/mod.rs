@@ -90,13 +90,22 @@ pub struct DecisionRow {
     pub reason: String,
 }
 
-/// `GET /v1/jobs`: every filter is optional; jobs come in `job_id` order, after `after` (keyset pagination).
+/// `GET /v1/jobs`: every filter is optional; jobs come in `job_id` order, after `after` (keyset pagination),
+/// or with `recent` the most recently changed first (the status page; no pagination).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub status: Option<String>,
     pub kind: Option<String>,
     pub after: Option<String>,
     pub limit: u32,
+    pub recent: bool,
+}
+
+impl JobFilter {
+    /// The `ORDER BY` of the listing.
+    pub(crate) fn order_by(&self) -> &'static str {
+        if self.recent { "updated_at DESC, job_id DESC" } else { "job_id" }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

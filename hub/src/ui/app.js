@@ -231,6 +231,7 @@ async function refreshQueues() {
     return el('tr', { 'data-kind': q.kind, class: scaling ? 'scaling' : '' },
       el('td', { title: q.queue }, q.kind),
       el('td', { class: 'num' }, dash(q.ready)),
+      el('td', { class: 'num' + (q.ready > 0 && q.consumers === 0 ? ' warn' : '') }, dash(q.consumers)),
       el('td', { class: 'num' }, q.in_flight),
       el('td', { class: 'num strong' }, dash(q.backlog)),
       el('td', { class: 'num' }, q.replicas),
@@ -268,12 +269,12 @@ async function refreshPolicy() {
   show($('decisions-empty'), decisions.length === 0);
 }
 
-// The list endpoint pages by job id, not by time: the unfinished jobs are asked for by status, the rest is
-// the latest updated of the first page; a job outside both opens by its id.
+// The unfinished jobs (by status, so none is crowded out by finished ones) and the 100 most recently
+// changed; any other job opens by its id.
 async function refreshJobs() {
   const lists = await Promise.all([
-    ...ACTIVE.map((s) => api('/v1/jobs?status=' + s + '&limit=200')),
-    api('/v1/jobs?limit=500'),
+    ...ACTIVE.map((s) => api('/v1/jobs?order=recent&status=' + s + '&limit=200')),
+    api('/v1/jobs?order=recent&limit=100'),
   ]);
   const byId = new Map();
   for (const l of lists) for (const j of l.jobs || []) byId.set(j.job_id, j);

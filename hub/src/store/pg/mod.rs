@@ -194,7 +194,8 @@ impl StatusStore for PgStore {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-             AND ($3::text IS NULL OR job_id > $3) ORDER BY job_id LIMIT $4"
+             AND ($3::text IS NULL OR job_id > $3) ORDER BY {} LIMIT $4",
+            filter.order_by()
         ))
         .bind(&filter.status)
         .bind(&filter.kind)

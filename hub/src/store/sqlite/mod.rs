@@ -213,7 +213,8 @@ impl StatusStore for SqliteStore {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2)
-             AND (?3 IS NULL OR job_id > ?3) ORDER BY job_id LIMIT ?4"
+             AND (?3 IS NULL OR job_id > ?3) ORDER BY {} LIMIT ?4",
+            filter.order_by()
         ))
         .bind(&filter.status)
         .bind(&filter.kind)
