@@ -115,6 +115,7 @@ async fn a_downgrade_profile_applies_to_new_jobs_and_is_named_in_their_events() 
     s.submit_with(JobKind::Llm, "capped", params.clone()).await;
     let capped = tap.terminal("capped", T).await;
     assert_eq!(capped.downgrade.as_deref(), Some("gpu-hot"));
+    assert_eq!(capped.status, EventStatus::Succeeded, "{capped:?}\n{}", w.logs());
     let url = capped.outputs[0].presigned_url.clone().unwrap();
     let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 4, "{body}");
@@ -142,4 +143,54 @@ async fn wait_slots(http_port: u16, kind: &str, total: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("{kind} slots never became {total}: {last}");
+}
+
+/// The moment `/ready` first answers 200, a command sent to the worker must find its control queue: it
+/// is bound before the worker reports ready (it once was bound after, and a command sent in between, to
+/// a worker the hub had just seen, was dropped by the exchange). Several starts, `/ready` polled every
+/// millisecond, the command published `mandatory` so an unroutable one comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_sent_the_moment_the_worker_is_ready_reaches_it() {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+    let s = Bed::new("ready-control").await;
+    for attempt in 0..8 {
+        let (config, port) = s.config("");
+        let mut w = Worker::spawn(&config);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + T;
+        loop {
+            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/ready")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready:\n{}", w.logs());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let control = ainern2d_contract::Control {
+            schema: ainern2d_contract::CONTROL_SCHEMA.into(),
+            command_id: uuid::Uuid::new_v4().to_string(),
+            issued_at: chrono::Utc::now(),
+            command: ControlCommand::Cordon,
+        };
+        let confirm = s
+            .channel
+            .basic_publish(
+                format!("{}.control", s.prefix).as_str().into(),
+                format!("worker.{}", s.worker_id(port)).as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &serde_json::to_vec(&control).unwrap(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.take_message().is_none(), "start {attempt}: ready, but no control queue bound yet");
+        wait_state(port, "cordoned").await;
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(T).await, 0);
+    }
+    s.cleanup().await;
 }

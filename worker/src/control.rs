@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ainern2d_contract::{CONTROL_SCHEMA, Control, ControlCommand, WorkerState};
-use ainern2d_queue::QueueSpec;
+use ainern2d_queue::{QueueSpec, Subscription};
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
@@ -14,21 +14,26 @@ use crate::broker::Publisher;
 /// How many cancelled-but-not-yet-seen job ids a worker remembers.
 const REMEMBERED_CANCELS: usize = 10_000;
 
+/// Subscribes to this worker's control commands: a queue of this session's own (commands are for live
+/// workers, not for whoever connects next) bound to `worker.<id>` and `worker.all`. The runner does this
+/// before the worker reports ready, so a command sent to a worker that is ready reaches it.
+pub async fn subscribe(shared: &Shared, session: &Publisher) -> ainern2d_queue::Result<Box<dyn Subscription>> {
+    let queue = session.declare_queue(&QueueSpec { exclusive: true, ..Default::default() }).await?;
+    let exchange = shared.topology.control_exchange();
+    for key in [format!("worker.{}", shared.config.worker_id), "worker.all".to_string()] {
+        session.bind(&queue, &exchange, &key).await?;
+    }
+    session.subscribe(&queue, "control", 0).await
+}
+
 /// Consumes this worker's control commands until the session is lost; `fail` reports why it stopped.
-pub async fn run(shared: Arc<Shared>, session: Publisher, jobs: TaskTracker, fail: impl Fn(String)) {
-    let setup = async {
-        // A queue of this session's own: commands are for live workers, not for whoever connects next.
-        let queue = session.declare_queue(&QueueSpec { exclusive: true, ..Default::default() }).await?;
-        let exchange = shared.topology.control_exchange();
-        for key in [format!("worker.{}", shared.config.worker_id), "worker.all".to_string()] {
-            session.bind(&queue, &exchange, &key).await?;
-        }
-        session.subscribe(&queue, "control", 0).await
-    };
-    let mut subscription = match setup.await {
-        Ok(s) => s,
-        Err(e) => return fail(format!("subscribing to control commands: {e}")),
-    };
+pub async fn run(
+    shared: Arc<Shared>,
+    session: Publisher,
+    mut subscription: Box<dyn Subscription>,
+    jobs: TaskTracker,
+    fail: impl Fn(String),
+) {
     while let Some(delivery) = subscription.next().await {
         let delivery = match delivery {
             Ok(d) => d,

@@ -96,6 +96,14 @@ async fn run_session(
         ainern2d_queue::close(session.as_ref()).await;
         return SessionEnd::Lost(format!("setting up the session failed: {e}"));
     }
+    // Before the worker reports ready: a command sent to a ready worker must find its queue.
+    let control_subscription = match crate::control::subscribe(shared, &session).await {
+        Ok(s) => s,
+        Err(e) => {
+            ainern2d_queue::close(session.as_ref()).await;
+            return SessionEnd::Lost(format!("subscribing to control commands failed: {e}"));
+        }
+    };
     let publisher = session.clone();
     // Fired by the broker session itself (connection error) or by any task of ours that finds it unusable.
     let lost = session.lost().child_token();
@@ -128,7 +136,8 @@ async fn run_session(
     let heartbeat = tokio::spawn(crate::heartbeat::run(shared.clone(), publisher.clone(), lost.clone()));
     let control = {
         let (lost, lost_reason) = (lost.clone(), lost_reason.clone());
-        tokio::spawn(crate::control::run(shared.clone(), session.clone(), jobs.clone(), move |why| {
+        let subscription = control_subscription;
+        tokio::spawn(crate::control::run(shared.clone(), session.clone(), subscription, jobs.clone(), move |why| {
             let _ = lost_reason.set(why);
             lost.cancel();
         }))
