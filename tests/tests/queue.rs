@@ -317,6 +317,9 @@ async fn competing_consumers_share(mut bed: Bed) {
     assert_eq!(got, ["m0", "m1"]);
     a.acker.ack(false).await.unwrap();
     b.acker.ack(false).await.unwrap();
+    // (Settled and dropped first: the in-process broker keeps a channel, and its consumer, while a
+    // delivery of it is held, even after its session closed.)
+    drop((a, b));
     drop(two);
     other_session.close().await;
     one.cancel().await.unwrap();
