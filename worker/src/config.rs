@@ -134,6 +134,10 @@ pub struct StoreConfig {
     /// Objects at least this large are uploaded in parts.
     pub multipart_threshold_bytes: u64,
     pub part_size_bytes: u64,
+    /// Objects of one job uploaded at once (a job with many outputs: frames, segments).
+    pub upload_concurrency: u32,
+    /// Parts of one multipart upload sent at once.
+    pub part_concurrency: u32,
     /// Lifetime of the presigned GET URLs in `succeeded` events.
     pub presign_ttl_s: u64,
     /// The longest an S3 request may go unanswered: from its start (an upload's body included) to the
@@ -337,6 +341,8 @@ impl Default for StoreConfig {
             create_bucket: true,
             multipart_threshold_bytes: 16 * 1024 * 1024,
             part_size_bytes: 8 * 1024 * 1024,
+            upload_concurrency: 8,
+            part_concurrency: 4,
             presign_ttl_s: 3600,
             request_timeout_s: 60,
             local_dir: PathBuf::from("outputs"),
@@ -490,6 +496,12 @@ impl Config {
         if self.store.request_timeout_s == 0 {
             return bad("store.request_timeout_s", "must be at least 1");
         }
+        if self.store.upload_concurrency == 0 {
+            return bad("store.upload_concurrency", "must be at least 1");
+        }
+        if self.store.part_concurrency == 0 {
+            return bad("store.part_concurrency", "must be at least 1");
+        }
         if self.store.multipart_threshold_bytes < self.store.part_size_bytes {
             return bad("store.multipart_threshold_bytes", "must be at least store.part_size_bytes");
         }
@@ -566,6 +578,8 @@ mod tests {
             ("[jobs]\nretry_delays_ms = []", "jobs.retry_delays_ms"),
             ("[jobs.max_runtime_s]\nvideo = 0", "jobs.max_runtime_s.video"),
             ("[store]\npart_size_bytes = 10", "store.part_size_bytes"),
+            ("[store]\nupload_concurrency = 0", "store.upload_concurrency"),
+            ("[store]\npart_concurrency = 0", "store.part_concurrency"),
             ("[store]\nrequest_timeout_s = 0", "store.request_timeout_s"),
             ("[mock]\nfailure_rate = 2.0", "mock.failure_rate"),
             ("[store]\nbukket = \"x\"", "bukket"),

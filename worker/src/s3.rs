@@ -32,6 +32,7 @@ pub struct S3Store {
     client: Client,
     multipart_threshold: u64,
     part_size: u64,
+    part_concurrency: usize,
     /// What `Debug` shows: never the credentials.
     endpoint: String,
     credentials: CredentialSource,
@@ -112,6 +113,7 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             multipart_threshold: cfg.multipart_threshold_bytes,
             part_size: cfg.part_size_bytes,
+            part_concurrency: cfg.part_concurrency.max(1) as usize,
             endpoint: cfg.endpoint.clone(),
             credentials: source,
             journal: None,
@@ -216,40 +218,46 @@ impl S3Store {
             entry,
         };
         let result = async {
-            let mut parts = Vec::new();
-            let mut offset = 0u64;
-            let mut number = 1i32;
-            while offset < size {
-                let len = self.part_size.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(file)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("reading {}: {e}", file.display())))?;
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(sdk("upload part", bucket, key))?;
-                parts.push(
-                    CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_owned)).build(),
-                );
-                offset += len;
-                number += 1;
-            }
+            use futures_util::{StreamExt, TryStreamExt};
+            let ranges = (0..size.div_ceil(self.part_size)).map(|i| {
+                let offset = i * self.part_size;
+                (i as i32 + 1, offset, self.part_size.min(size - offset))
+            });
+            // `part_concurrency` parts in flight, completed in part order (`buffered` keeps it).
+            let upload_id = upload_id.as_str();
+            // Collected first: a stream over a borrowing closure would make callers' futures not `Send`.
+            let puts: Vec<_> = ranges
+                .map(|(number, offset, len)| async move {
+                    let body = ByteStream::read_from()
+                        .path(file)
+                        .offset(offset)
+                        .length(Length::Exact(len))
+                        .build()
+                        .await
+                        .map_err(|e| StoreError::Unavailable(format!("reading {}: {e}", file.display())))?;
+                    let part = self
+                        .client
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(sdk("upload part", bucket, key))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_owned)).build(),
+                    )
+                })
+                .collect();
+            let parts: Vec<CompletedPart> =
+                futures_util::stream::iter(puts).buffered(self.part_concurrency).try_collect().await?;
             self.client
                 .complete_multipart_upload()
                 .bucket(bucket)
                 .key(key)
-                .upload_id(&upload_id)
+                .upload_id(upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await

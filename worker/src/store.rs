@@ -50,6 +50,28 @@ pub fn check_output_bucket(cfg: &StoreConfig, bucket: Option<&str>) -> Result<()
     }
 }
 
+/// One object for [`put_all`].
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    pub bucket: &'a str,
+    pub key: String,
+    pub file: &'a Path,
+    pub content_type: &'a str,
+    pub sha256: &'a str,
+}
+
+/// Stores every upload, up to `concurrency` at a time (`store.upload_concurrency`), in any order. The first
+/// failure ends the others: they are dropped, and an unfinished S3 multipart upload aborts when dropped.
+pub async fn put_all(store: &dyn ArtifactStore, uploads: &[Upload<'_>], concurrency: u32) -> Result<(), StoreError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    // Collected first: a stream over a borrowing closure would make callers' futures not `Send`.
+    let puts: Vec<_> = uploads.iter().map(|u| store.put(u.bucket, &u.key, u.file, u.content_type, u.sha256)).collect();
+    futures_util::stream::iter(puts)
+        .buffer_unordered(concurrency.max(1) as usize)
+        .try_for_each(|()| std::future::ready(Ok(())))
+        .await
+}
+
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
     /// Stores the file at `bucket/key`, atomically (readers see all of it or nothing).
@@ -201,7 +223,81 @@ impl ArtifactStore for LocalStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// The local store, its puts slowed and counted: how many ran at once, and which key fails.
+    struct Slow {
+        inner: LocalStore,
+        now: AtomicUsize,
+        most: AtomicUsize,
+        fail: Option<String>,
+    }
+
+    #[async_trait]
+    impl ArtifactStore for Slow {
+        async fn put(&self, bucket: &str, key: &str, file: &Path, ct: &str, sha: &str) -> Result<(), StoreError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            if self.fail.as_deref() == Some(key) {
+                return Err(StoreError::Unavailable(format!("{key} refused")));
+            }
+            self.inner.put(bucket, key, file, ct, sha).await
+        }
+        async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
+            self.inner.head(bucket, key).await
+        }
+        async fn presign_get(&self, bucket: &str, key: &str, ttl: Duration) -> Result<String, StoreError> {
+            self.inner.presign_get(bucket, key, ttl).await
+        }
+        async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path, max: u64) -> Result<u64, StoreError> {
+            self.inner.get_to_file(bucket, key, dest, max).await
+        }
+        async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+            self.inner.ensure_bucket(bucket).await
+        }
+        async fn check(&self, bucket: &str) -> Result<(), StoreError> {
+            self.inner.check(bucket).await
+        }
+    }
+
+    #[tokio::test]
+    async fn put_all_stores_every_object_at_most_n_at_a_time_and_stops_at_the_first_failure() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let sha = "b".repeat(64);
+        let uploads: Vec<Upload> = (0..12)
+            .map(|i| Upload {
+                bucket: "b",
+                key: format!("k{i}"),
+                file: &file,
+                content_type: "text/plain",
+                sha256: &sha,
+            })
+            .collect();
+        let slow = |fail: Option<&str>| Slow {
+            inner: LocalStore::new(root.path().join("s")),
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            fail: fail.map(String::from),
+        };
+        let store = slow(None);
+        put_all(&store, &uploads, 4).await.unwrap();
+        assert_eq!(store.most.load(Ordering::SeqCst), 4, "never more than 4 at once, and 4 were");
+        for u in &uploads {
+            assert!(store.head("b", &u.key).await.unwrap().is_some(), "{} stored", u.key);
+        }
+        let store = slow(Some("k5"));
+        let err = put_all(&store, &uploads, 4).await.unwrap_err();
+        assert!(err.to_string().contains("k5 refused"), "{err}");
+        let one = slow(None);
+        put_all(&one, &uploads, 1).await.unwrap();
+        assert_eq!(one.most.load(Ordering::SeqCst), 1);
+    }
 
     #[tokio::test]
     async fn a_local_checksum_is_trusted_only_for_the_bytes_it_was_written_for() {

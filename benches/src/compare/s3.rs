@@ -1,7 +1,8 @@
 //! Row 4: uploading to the same S3 server — one large object, and many small ones — with the worker's
-//! uploader (`S3Store::put`, as a job's outputs are stored: multipart above
-//! `store.multipart_threshold_bytes`, the objects one after the other) against `s5cmd cp` and
-//! `aws s3 cp` (awscli). Every contender uploads the same files to keys of its own, in alternation.
+//! uploader (`store::put_all` over `S3Store`, as a job's outputs are stored: multipart above
+//! `store.multipart_threshold_bytes`, `store.upload_concurrency` objects and `store.part_concurrency`
+//! parts at a time) against `s5cmd cp` and `aws s3 cp` (awscli). Every contender uploads the same files
+//! to keys of its own, in alternation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use ainern2d_worker::config::{Secret, StoreConfig};
 use ainern2d_worker::s3::S3Store;
-use ainern2d_worker::store::ArtifactStore;
+use ainern2d_worker::store::{self, ArtifactStore, Upload};
 
 use crate::Ctx;
 use crate::peers::{self, Peers};
@@ -58,15 +59,15 @@ fn write_files(dir: &Path, big_mib: usize, small_n: usize) -> anyhow::Result<Fil
     Ok(Files { big, big_sha, small_dir, small })
 }
 
-fn store(ctx: &Ctx, bucket: &str) -> anyhow::Result<S3Store> {
-    let cfg = StoreConfig {
+/// The worker's store at its defaults, on the benchmark's server.
+fn config(ctx: &Ctx, bucket: &str) -> StoreConfig {
+    StoreConfig {
         bucket: bucket.into(),
         endpoint: ctx.s3.clone(),
         access_key_id: ctx.s3_key.clone(),
         secret_access_key: Secret::from(ctx.s3_key.clone()),
         ..StoreConfig::default()
-    };
-    Ok(S3Store::from_config(&cfg)?)
+    }
 }
 
 fn peer(ctx: &Ctx, program: PathBuf) -> Command {
@@ -88,7 +89,8 @@ pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let files = write_files(dir.path(), big_mib, small_n)?;
     let bucket = format!("bench-s3-{}", std::process::id());
-    let ours = store(ctx, &bucket)?;
+    let cfg = config(ctx, &bucket);
+    let ours = S3Store::from_config(&cfg)?;
     ours.ensure_bucket(&bucket).await?;
     let s5 = |args: &[&str]| {
         let mut c = peer(ctx, peers.bin("s5cmd"));
@@ -122,11 +124,20 @@ pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
             // Many small objects.
             t[3 + which].push(match which {
                 0 => {
+                    let uploads: Vec<Upload> = files
+                        .small
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (path, sha))| Upload {
+                            bucket: &bucket,
+                            key: format!("ours/small/part-{i:05}.bin"),
+                            file: path,
+                            content_type: "application/octet-stream",
+                            sha256: sha,
+                        })
+                        .collect();
                     let started = Instant::now();
-                    for (i, (path, sha)) in files.small.iter().enumerate() {
-                        let key = format!("ours/small/part-{i:05}.bin");
-                        ours.put(&bucket, &key, path, "application/octet-stream", sha).await?;
-                    }
+                    store::put_all(&ours, &uploads, cfg.upload_concurrency).await?;
                     started.elapsed().as_secs_f64()
                 }
                 1 => peers::timed(&mut s5(&["cp", &small_glob, &format!("s3://{bucket}/s5cmd/small/")]))?,
@@ -137,9 +148,12 @@ pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
     row.conditions
         .push(format!("{big_mib} MiB in one object; {small_n} × 64 KiB objects; S3 server {} on this host", ctx.s3));
     row.conditions.push(format!(
-        "worker: multipart above {} MiB in {} MiB parts; s5cmd {} and {} at their defaults",
-        StoreConfig::default().multipart_threshold_bytes >> 20,
-        StoreConfig::default().part_size_bytes >> 20,
+        "worker: multipart above {} MiB in {} MiB parts, {} parts and {} objects at a time; s5cmd {} and {} \
+         at their defaults",
+        cfg.multipart_threshold_bytes >> 20,
+        cfg.part_size_bytes >> 20,
+        cfg.part_concurrency,
+        cfg.upload_concurrency,
         peers.version("s5cmd", &["version"]),
         peers.version("aws", &["--version"])
     ));
@@ -157,9 +171,10 @@ pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
         aws_big / ours_big
     ));
     row.notes.push(
-        "The worker stores a job's outputs one after the other, and the parts of a multipart upload one \
-         after the other; s5cmd runs 256 workers and 5 parts at a time by default. On many small objects the \
-         round trips add up: uploading concurrently is the optimisation this row calls for (not done yet)."
+        "Before `store.upload_concurrency` and `store.part_concurrency` (the same harness, the same day) the \
+         worker stored a job's objects, and a multipart upload's parts, one after the other: 0.68-0.79x \
+         s5cmd and 1.8-2.1x aws-cli on the small objects, 1.1-1.2x s5cmd on the large one. s5cmd runs 256 \
+         workers and 5 parts at a time by default."
             .into(),
     );
     // Leave nothing behind on the shared server.
