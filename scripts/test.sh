@@ -14,9 +14,7 @@ ensure_s3
 ensure_onnx_fixtures
 ensure_chromium
 
-export AINERN2D_TEST_AMQP_URL="${AINERN2D_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-export AINERN2D_TEST_S3_ENDPOINT="${AINERN2D_TEST_S3_ENDPOINT:-http://127.0.0.1:${S3_PORT}}"
-export AINERN2D_TEST_DATABASE_URL="${AINERN2D_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export_service_urls
 
 # The end-to-end tests run the real binaries; build them first so the tests find them in the target dir.
 # `--all-targets` resolves features as `cargo test` does, so the binaries and the tests are built once

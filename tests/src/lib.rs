@@ -488,19 +488,24 @@ pub async fn heartbeat_until(
 }
 
 /// Publishes a control command to one worker (`worker.<id>`) or all (`worker.all`).
-pub async fn send_control(channel: &Channel, prefix: &str, target: &str, command: ainern2d_contract::ControlCommand) {
+/// A control message's body, as the hub sends it.
+pub fn control_body(command: ainern2d_contract::ControlCommand) -> Vec<u8> {
     let control = ainern2d_contract::Control {
         schema: ainern2d_contract::CONTROL_SCHEMA.into(),
         command_id: uuid::Uuid::new_v4().to_string(),
         issued_at: chrono::Utc::now(),
         command,
     };
+    serde_json::to_vec(&control).unwrap()
+}
+
+pub async fn send_control(channel: &Channel, prefix: &str, target: &str, command: ainern2d_contract::ControlCommand) {
     let confirm = channel
         .basic_publish(
             format!("{prefix}.control").as_str().into(),
             format!("worker.{target}").as_str().into(),
             BasicPublishOptions::default(),
-            &serde_json::to_vec(&control).unwrap(),
+            &control_body(command),
             BasicProperties::default(),
         )
         .await

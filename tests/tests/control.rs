@@ -168,19 +168,13 @@ async fn a_command_sent_the_moment_the_worker_is_ready_reaches_it() {
             assert!(Instant::now() < deadline, "not ready:\n{}", w.logs());
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let control = ainern2d_contract::Control {
-            schema: ainern2d_contract::CONTROL_SCHEMA.into(),
-            command_id: uuid::Uuid::new_v4().to_string(),
-            issued_at: chrono::Utc::now(),
-            command: ControlCommand::Cordon,
-        };
         let confirm = s
             .channel
             .basic_publish(
                 format!("{}.control", s.prefix).as_str().into(),
                 format!("worker.{}", s.worker_id(port)).as_str().into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
-                &serde_json::to_vec(&control).unwrap(),
+                &control_body(ControlCommand::Cordon),
                 BasicProperties::default(),
             )
             .await

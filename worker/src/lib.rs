@@ -80,15 +80,6 @@ pub struct Shared {
     outcomes_reported: std::sync::atomic::AtomicU64,
 }
 
-const STATES: [WorkerState; 6] = [
-    WorkerState::Starting,
-    WorkerState::Ready,
-    WorkerState::Cordoned,
-    WorkerState::Draining,
-    WorkerState::Drained,
-    WorkerState::Stopping,
-];
-
 impl Shared {
     /// The daemon's parts as the config names them: RabbitMQ at `broker.url`, the configured store.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
@@ -162,11 +153,11 @@ impl Shared {
     }
 
     pub fn state(&self) -> WorkerState {
-        STATES[self.state.load(Ordering::Relaxed) as usize]
+        WorkerState::ALL[self.state.load(Ordering::Relaxed) as usize]
     }
 
     pub fn set_state(&self, state: WorkerState) {
-        let index = STATES.iter().position(|s| *s == state).expect("every state is listed") as u8;
+        let index = WorkerState::ALL.iter().position(|s| *s == state).expect("every state is listed") as u8;
         self.state.store(index, Ordering::Relaxed);
         self.accepting.send_replace(matches!(state, WorkerState::Starting | WorkerState::Ready));
     }
