@@ -361,6 +361,11 @@ async fn a_job_waiting_for_a_slot_goes_back_when_the_worker_is_cordoned() {
     let first = bed.delivery().await;
     let second = bed.delivery().await;
     let a = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, first));
+    // The first holds the slot before the second arrives (spawned together, either could win it on a
+    // loaded machine, and then the other was the one given back: CI saw that).
+    while slow.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let b = tokio::spawn(handle(bed.shared.clone(), bed.ctx.clone(), JobKind::Llm, second));
     tokio::time::sleep(Duration::from_millis(150)).await;
     bed.shared.set_state(WorkerState::Cordoned);
