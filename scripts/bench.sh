@@ -16,7 +16,7 @@ ensure_postgres
 ensure_s3
 export_service_urls
 target="${CARGO_TARGET_DIR:-target}"
-bins=(--bin ainern2d-worker --bin ainern2d-hub --bin compare)
+bins=(--bin ainern2d-worker --bin ainern2d-hub --bin ainern2d --bin compare)
 if [ "${1:-}" = "--quick" ]; then
   shift
   out="${TMPDIR:-/tmp}/ainern2d-bench-quick"
@@ -26,6 +26,6 @@ if [ "${1:-}" = "--quick" ]; then
   cargo build --workspace --all-targets
   "$target/debug/compare" --quick --json "$out/results.json" --markdown "$out/BENCHMARKS.md" "$@"
 else
-  cargo build --release -p ainern2d-worker -p ainern2d-hub -p ainern2d-benches "${bins[@]}"
+  cargo build --release -p ainern2d-worker -p ainern2d-hub -p ainern2d-local -p ainern2d-benches "${bins[@]}"
   "$target/release/compare" "$@"
 fi

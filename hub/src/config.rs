@@ -107,7 +107,8 @@ pub struct BrokerConfig {
 pub struct IngestConfig {
     /// Events applied per transaction, at most.
     pub batch_max: usize,
-    /// How long a batch waits to fill before it is written.
+    /// How long a batch waits for more events before it is written (0: it takes what has arrived and is
+    /// written at once; under load that is a full batch anyway).
     pub batch_wait_ms: u64,
     /// Unacked events the broker may hand the hub (must be at least `batch_max`).
     pub prefetch: u16,
@@ -141,7 +142,7 @@ impl Default for BrokerConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { batch_max: 500, batch_wait_ms: 20, prefetch: 2000 }
+        IngestConfig { batch_max: 500, batch_wait_ms: 0, prefetch: 2000 }
     }
 }
 

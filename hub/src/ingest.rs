@@ -9,6 +9,7 @@ use ainern2d_contract::topology::Topology;
 use ainern2d_contract::{Event, Heartbeat};
 use ainern2d_queue::{ExchangeKind, QueueSpec, Session};
 use backon::Retryable;
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
@@ -74,8 +75,18 @@ async fn consume(
         };
         let Some(first) = first else { anyhow::bail!("the broker cancelled the hub's consumer") };
         let mut batch = vec![first?];
-        let deadline = tokio::time::Instant::now() + wait;
+        // What the broker has handed over already joins the batch at once. Under load that is a full
+        // batch: deliveries pile up (up to the prefetch) while the previous batch is written. Idle, an
+        // event is written as soon as it comes, unless `batch_wait_ms` asks to wait for company.
         while batch.len() < cfg.ingest.batch_max {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
+                Some(None) => anyhow::bail!("the broker cancelled the hub's consumer"),
+                None => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < cfg.ingest.batch_max && !wait.is_zero() {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(d)) => batch.push(d?),
                 Ok(None) => anyhow::bail!("the broker cancelled the hub's consumer"),

@@ -31,6 +31,9 @@ pub struct Args {
     /// The text spoken (default: six sentences of narration, 70 words).
     #[arg(long)]
     text: Option<String>,
+    /// Also write every round's figures here, as JSON (for `compare`'s row 11).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 const TEXT: &str = "The harbour was quiet before the storm arrived. Gulls circled low over the grey water, \
@@ -39,7 +42,7 @@ const TEXT: &str = "The harbour was quiet before the storm arrived. Gulls circle
     Then the first wave broke against the rocks! Would the ships see his light tonight?";
 
 /// One round's figures, in seconds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 struct Round {
     phonemize: f64,
     inference: f64,
@@ -199,5 +202,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report("pipeline", &a);
     report("piper-tts", &b);
     println!("  speed ratio (piper-tts RTF / pipeline RTF): {:.2}x", med(&b, Round::rtf) / med(&a, Round::rtf));
+    if let Some(path) = &args.json {
+        let rtf = |v: &[Round]| v.iter().map(Round::rtf).collect::<Vec<_>>();
+        let figures = serde_json::json!({
+            "voice": voice.file_name().unwrap_or_default().to_string_lossy(),
+            "characters": text.chars().count(),
+            "threads": args.threads,
+            "peer_onnxruntime": peer_ort,
+            "pipeline": {"rtf": rtf(&a), "rounds": a},
+            "piper_tts": {"rtf": rtf(&b), "rounds": b},
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)?;
+    }
     Ok(())
 }

@@ -6,18 +6,25 @@
 //! to its target: timings on a shared machine flake); peers whose install is slow are left out, and the
 //! report says which. The full run (`scripts/bench.sh`) installs and runs them all on release builds.
 //!
-//! Rows so far: 4 (S3 upload vs s5cmd and aws-cli), 8 (start to ready). The others of issue 14 are not
-//! measured yet and are listed as such in the report.
+//! Rows so far: 1–3 (jobs through RabbitMQ vs a bare lapin loop and Celery), 4 (S3 upload vs s5cmd and
+//! aws-cli), 6 (hub ingest), 7 (worker memory), 8 (start to ready), 9 (the local mode's API). The others
+//! of issue 14 are not measured yet and are listed as such in the report.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 
+mod comfy;
+mod ingest;
+mod jobs;
+mod llm;
+mod local;
+mod memory;
 mod peers;
 mod report;
 mod s3;
+mod speech;
 mod startup;
-#[path = "../support.rs"]
 mod support;
 
 use report::{Report, Row};
@@ -41,6 +48,9 @@ struct Args {
     json: PathBuf,
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     markdown: PathBuf,
+    /// A ComfyUI checkout to run row 10 against.
+    #[arg(long, env = "AINERN2D_BENCH_COMFYUI")]
+    comfyui: Option<PathBuf>,
 }
 
 /// The services and binaries every row uses (the test suite's variables, with its defaults).
@@ -69,19 +79,6 @@ fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 
-/// The rows of issue 14 not measured by this harness yet: listed so that the report shows the gap.
-const NOT_YET: &[(u32, &str, &str)] = &[
-    (1, "No-op jobs/s: worker vs a bare lapin loop and Celery 5.7", "≥ 0.9× the bare loop; ≥ 5× Celery's best"),
-    (2, "Runtime overhead per job with a 10 ms inference step", "p50 ≤ 1 ms, p99 ≤ 5 ms"),
-    (3, "Inference executor busy share with a full queue and uploads as long as inference", "≥ 0.95"),
-    (5, "LLM decode and prompt tokens/s: candle pipeline vs llama.cpp", "≥ 1.0× llama.cpp on CPU"),
-    (6, "Hub event ingest into Postgres: batched vs one transaction per event", "≥ 15,000 events/s; ≥ 10× naive"),
-    (7, "Worker memory: idle RSS; growth over 100,000 jobs with progress events", "≤ 30 MB idle; ≤ 1 MB growth"),
-    (9, "One job through the hub API in the local mode, submit → succeeded", "p50 ≤ 5 ms"),
-    (10, "A video job through the ComfyUI backend vs the raw ComfyUI round trip", "overhead ≤ 10 ms + normalisation"),
-    (11, "TTS real-time factor vs piper-tts", "≥ 1.0×"),
-];
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -101,17 +98,49 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |id: u32| args.only.is_empty() || args.only.contains(&id);
     let peers = peers::Peers::ensure(peers::QUICK)?;
     let mut rows: Vec<Row> = Vec::new();
+    if wanted(1) {
+        eprintln!("compare: row 1 (no-op jobs/s)");
+        rows.push(jobs::throughput(&ctx, &peers).await?);
+    }
+    if wanted(2) {
+        eprintln!("compare: row 2 (overhead per job)");
+        rows.push(jobs::overhead(&ctx).await?);
+    }
+    if wanted(3) {
+        eprintln!("compare: row 3 (busy share)");
+        rows.push(jobs::busy_share(&ctx).await?);
+    }
     if wanted(4) {
         eprintln!("compare: row 4 (S3 upload)");
         rows.push(s3::run(&ctx, &peers).await?);
+    }
+    if wanted(5) {
+        eprintln!("compare: row 5 (LLM tokens/s vs llama.cpp)");
+        rows.push(llm::run(&ctx, &peers).await?);
+    }
+    if wanted(6) {
+        eprintln!("compare: row 6 (hub ingest)");
+        rows.push(ingest::run(&ctx).await?);
+    }
+    if wanted(7) {
+        eprintln!("compare: row 7 (worker memory)");
+        rows.push(memory::run_row(&ctx).await?);
     }
     if wanted(8) {
         eprintln!("compare: row 8 (start to ready)");
         rows.push(startup::run(&ctx).await?);
     }
-    // Always listed, so the report never hides a gap.
-    for &(id, title, target) in NOT_YET {
-        rows.push(Row::new(id, title, target).skip("not measured by this harness yet"));
+    if wanted(9) {
+        eprintln!("compare: row 9 (local mode round trip)");
+        rows.push(local::run(&ctx).await?);
+    }
+    if wanted(10) {
+        eprintln!("compare: row 10 (ComfyUI round trip)");
+        rows.push(comfy::run(&ctx, args.comfyui.as_deref()).await?);
+    }
+    if wanted(11) {
+        eprintln!("compare: row 11 (TTS vs piper-tts)");
+        rows.push(speech::run(&ctx, &peers).await?);
     }
     rows.sort_by_key(|r| r.id);
     for row in &rows {

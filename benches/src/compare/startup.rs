@@ -4,29 +4,16 @@
 //! linking it, which no start of it can beat. Polled every 2 ms.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use ainern2d_contract::JobKind;
 
 use crate::Ctx;
 use crate::report::{Check, Row};
 use crate::support;
 
-async fn until_ready(port: u16, child: &mut Child, started: Instant) -> anyhow::Result<f64> {
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/ready");
-    loop {
-        if let Ok(r) = http.get(&url).timeout(Duration::from_millis(500)).send().await
-            && r.status().is_success()
-        {
-            return Ok(started.elapsed().as_secs_f64() * 1e3);
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the process exited before it was ready ({status})");
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            anyhow::bail!("not ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+fn ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 fn stop(mut child: Child) {
@@ -38,13 +25,14 @@ fn version_ms(bin: &std::path::Path) -> anyhow::Result<f64> {
     let started = Instant::now();
     let status = Command::new(bin).arg("--version").stdout(Stdio::null()).status()?;
     anyhow::ensure!(status.success(), "{} --version failed", bin.display());
-    Ok(started.elapsed().as_secs_f64() * 1e3)
+    Ok(ms(started))
 }
 
 async fn worker_ms(ctx: &Ctx, prefix: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let mut w = support::Worker::start(Some(ctx.bin("ainern2d-worker")), &ctx.amqp, prefix, "mock", 1, "")?;
-    let took = until_ready(w.port, w.child_mut(), started).await;
+    let mut w =
+        support::Worker::start(Some(ctx.bin("ainern2d-worker")), &ctx.amqp, prefix, JobKind::Llm, "mock", 1, "", "")?;
+    let took = support::until_ready(w.port, w.child_mut()).await.map(|()| ms(started));
     w.stop();
     took
 }
@@ -53,7 +41,7 @@ async fn hub_ms(ctx: &Ctx, config: &std::path::Path, port: u16) -> anyhow::Resul
     let started = Instant::now();
     let mut child =
         Command::new(ctx.bin("ainern2d-hub")).args(["run", "--config"]).arg(config).stderr(Stdio::null()).spawn()?;
-    let took = until_ready(port, &mut child, started).await;
+    let took = support::until_ready(port, &mut child).await.map(|()| ms(started));
     stop(child);
     took
 }
@@ -110,7 +98,7 @@ async fn cleanup(ctx: &Ctx, prefix: &str, schema: &str) {
         && let Ok(ch) = conn.create_channel().await
     {
         let topo = Topology::new(prefix.to_string());
-        support::delete(&ch, &topo).await;
+        support::delete(&ch, &topo, JobKind::Llm).await;
         for kind in ainern2d_contract::JobKind::ALL {
             let retries = (0..8).map(|level| topo.retry_queue(kind, level));
             for q in std::iter::once(topo.job_queue(kind)).chain(retries) {

@@ -1,20 +1,20 @@
-//! What the worker benchmarks share: the topology, filling a queue, the worker process and its /proc
-//! figures. Each benchmark binary uses a part of it.
-#![allow(dead_code)]
+//! What the rows share: the worker's topology, filling a queue, a tap on the events, the worker process,
+//! waiting for `/ready`, and /proc figures.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use ainern2d_contract::JobKind;
 use ainern2d_contract::topology::Topology;
 use lapin::options::*;
 use lapin::{BasicProperties, Channel};
 
-/// Declares the worker's topology for `llm` jobs (one retry level of 1 s).
-pub async fn declare(amqp: &str, topo: &Topology) -> anyhow::Result<()> {
+/// Declares the worker's topology for `kind` jobs (one retry level of 1 s).
+pub async fn declare(amqp: &str, topo: &Topology, kind: JobKind) -> anyhow::Result<()> {
     use ainern2d_queue::Broker;
     let session = ainern2d_queue::amqp::AmqpBroker::new(amqp.to_string()).connect("bench setup").await?;
-    ainern2d_queue::topology::declare_worker(session.as_ref(), topo, &[JobKind::Llm], &[1000]).await?;
+    ainern2d_queue::topology::declare_worker(session.as_ref(), topo, &[kind], &[1000]).await?;
     session.close().await;
     Ok(())
 }
@@ -38,8 +38,8 @@ pub async fn tap(ch: &Channel, topo: &Topology, key: &str) -> anyhow::Result<lap
 }
 
 /// Deletes what `declare` made.
-pub async fn delete(ch: &Channel, topo: &Topology) {
-    for q in [topo.job_queue(JobKind::Llm), topo.retry_queue(JobKind::Llm, 0), topo.dead_letter_queue()] {
+pub async fn delete(ch: &Channel, topo: &Topology, kind: JobKind) {
+    for q in [topo.job_queue(kind), topo.retry_queue(kind, 0), topo.dead_letter_queue()] {
         let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
     for e in [topo.events_exchange(), topo.control_exchange(), topo.dead_letter_exchange()] {
@@ -66,8 +66,8 @@ pub async fn fill(ch: &Channel, queue: &str, n: usize, body: impl Fn(usize) -> V
     Ok(())
 }
 
-/// The real worker binary on a local-directory store (on tmpfs when there is one: this measures the
-/// runtime, not the disk).
+/// The real worker binary serving `kind` jobs on a local-directory store (on tmpfs when there is one:
+/// this measures the runtime, not the disk).
 pub struct Worker {
     child: Child,
     pub port: u16,
@@ -75,12 +75,17 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// `jobs` is appended to the `[jobs]` table (`upload_overlap` is 0 unless it names one), `extra` after
+    /// the whole config (tables of its own).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         bin: Option<PathBuf>,
         amqp: &str,
         prefix: &str,
+        kind: JobKind,
         backend: &str,
         slots: u32,
+        jobs: &str,
         extra: &str,
     ) -> anyhow::Result<Worker> {
         let dir = match std::path::Path::new("/dev/shm").is_dir() {
@@ -88,8 +93,13 @@ impl Worker {
             false => tempfile::tempdir()?,
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let jobs =
+            if jobs.contains("upload_overlap") { jobs.to_string() } else { format!("upload_overlap = 0\n{jobs}") };
         let config = format!(
-            "worker_id = \"bench\"\nscratch_dir = \"{scratch}\"\n[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n[jobs]\nkinds = [\"llm\"]\nbackend = \"{backend}\"\nupload_overlap = 0\nretry_delays_ms = [1000]\n[jobs.slots]\nllm = {slots}\n[store]\nkind = \"local\"\nbucket = \"bench\"\nlocal_dir = \"{out}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n{extra}",
+            "worker_id = \"bench\"\nscratch_dir = \"{scratch}\"\n[broker]\nurl = \"{amqp}\"\nprefix = \"{prefix}\"\n\
+             [jobs]\nkinds = [\"{kind}\"]\nbackend = \"{backend}\"\nretry_delays_ms = [1000]\n{jobs}\n\
+             [jobs.slots]\n{kind} = {slots}\n[store]\nkind = \"local\"\nbucket = \"bench\"\nlocal_dir = \"{out}\"\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"warn\"\n{extra}",
             scratch = dir.path().join("scratch").display(),
             out = dir.path().join("out").display(),
         );
@@ -118,6 +128,27 @@ impl Worker {
     }
 }
 
+/// Polls `/ready` on `port` every 2 ms until it answers 200; fails when the process exits or after 30 s.
+pub async fn until_ready(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/ready");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = http.get(&url).timeout(Duration::from_millis(500)).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the process exited before it was ready ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("not ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// User + system CPU seconds of a process (Linux `/proc`).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -130,4 +161,47 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Where a process's resident set is (Linux `/proc/<pid>/smaps`, KiB): anonymous memory (heap, stacks),
+/// its executable's pages, and the pages of the shared libraries and other files it maps, with the
+/// libraries' count; and how much of it is private.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RssParts {
+    pub anon_kb: u64,
+    pub exe_kb: u64,
+    pub libs_kb: u64,
+    pub libs: usize,
+    /// Pages no other process shares (the unique set: what one more worker costs).
+    pub private_kb: u64,
+}
+
+pub fn rss_parts(pid: u32) -> Option<RssParts> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut parts, mut path, mut libs) = (RssParts::default(), String::new(), std::collections::HashSet::new());
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, perms, offset, device, inode, then the path, if any.
+            path = fields.nth(4).unwrap_or_default().to_string();
+        } else if first == "Private_Clean:" || first == "Private_Dirty:" {
+            parts.private_kb += fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        } else if first == "Rss:" {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if path.starts_with('/') && std::path::Path::new(&path) == exe {
+                parts.exe_kb += kb;
+            } else if path.starts_with('/') {
+                parts.libs_kb += kb;
+                if path.contains(".so") {
+                    libs.insert(path.clone());
+                }
+            } else {
+                parts.anon_kb += kb;
+            }
+        }
+    }
+    parts.libs = libs.len();
+    Some(parts)
 }

@@ -1,0 +1,141 @@
+//! Row 5: LLM prompt and decode tokens/s, the `llm` pipeline (candle, in process) against llama.cpp
+//! (`llama-cpp-python` 0.3.36, built from source on this machine) on the same random-weight Llama GGUF of
+//! about 100 M parameters, in Q8_0 and in Q4_K_M, with the same thread count, prompt tokens and number of
+//! greedily generated tokens. The measuring is `llm-bench` (`benches/llm`, a package of its own, built
+//! into the same target directory): it writes the model with the `tokenizer.ggml.*` metadata llama.cpp
+//! needs, runs llama.cpp through `benches/llm/llama_peer.py` in the peers' Python, takes turns with it
+//! (and with a bare candle loop on the same file) round by round and writes each round's figures as
+//! JSON; this row runs it once per quantization and reports them. llama-cpp-python compiles llama.cpp
+//! when it installs (about ten minutes on two cores): the quick mode leaves the row out.
+
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::Ctx;
+use crate::peers::{self, Peers};
+use crate::report::{Check, Row};
+
+const QUANTS: [(&str, &str); 2] = [("q8_0", "Q8_0"), ("q4_k_m", "Q4_K_M")];
+const PROMPT_TOKENS: usize = 512;
+const TOKENS: usize = 128;
+
+/// Where the decode time goes and what was tried (the profile behind this row; see the row's command
+/// for reproducing the figures).
+const NOTES: &[&str] = &[];
+
+pub async fn run(ctx: &Ctx, _quick_peers: &Peers) -> anyhow::Result<Row> {
+    let mut row =
+        Row::new(5, "LLM decode and prompt tokens/s: candle pipeline vs llama.cpp", "≥ 1.0× llama.cpp on CPU");
+    let (peer, version) = peers::SLOW[0];
+    if ctx.quick {
+        return Ok(row.skip(format!(
+            "the quick mode leaves out the slow peer {peer} {version} (its install compiles llama.cpp, about 10 min)"
+        )));
+    }
+    let bin = ctx.bin("llm-bench");
+    if !bin.exists() {
+        return Ok(row.skip(format!("{} is not built (cargo build --release -p ainern2d-bench-llm)", bin.display())));
+    }
+    let peers = Peers::ensure(peers::SLOW)?;
+    let dir = tempfile::tempdir()?;
+    let mut first: Option<serde_json::Value> = None;
+    for (arg, name) in QUANTS {
+        eprintln!("compare: row 5, {name}");
+        let json = dir.path().join(format!("{arg}.json"));
+        let out = Command::new(&bin)
+            .args(["--quant", arg, "--rounds", &ctx.rounds.to_string()])
+            .args(["--prompt-tokens", &PROMPT_TOKENS.to_string(), "--tokens", &TOKENS.to_string()])
+            .arg("--python")
+            .arg(peers.bin("python"))
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "llm-bench --quant {arg} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+        let values = |side: &str, key: &str| -> Vec<f64> {
+            f[side][key].as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()
+        };
+        for (what, key) in [("prompt", "prompt_tok_s"), ("decode", "decode_tok_s")] {
+            let ours = row.measure(
+                &format!("ainern2d `llm` pipeline, {name}, {what}"),
+                "tok/s",
+                true,
+                &values("pipeline", key),
+            );
+            let peer = row.measure(&format!("llama.cpp, {name}, {what}"), "tok/s", false, &values("llama_cpp", key));
+            row.measure(&format!("bare candle loop, {name}, {what}"), "tok/s", false, &values("bare_candle", key));
+            row.measure(
+                &format!("llama.cpp compute only (its perf counters), {name}, {what}"),
+                "tok/s",
+                false,
+                &values("llama_cpp", &format!("compute_{key}")),
+            );
+            row.checks.push(Check::at_least(format!("{what} tok/s, {name}: ours / llama.cpp"), ours / peer, 1.0));
+        }
+        row.conditions.push(format!(
+            "{name}: {:.0} MB file; bare candle and llama.cpp chose the same first {} of {TOKENS} greedy tokens",
+            f["model_mb"].as_f64().unwrap_or(f64::NAN),
+            f["greedy_agreement"]
+        ));
+        first.get_or_insert(f);
+    }
+    let f = first.expect("two quantizations ran");
+    let d = &f["dims"];
+    row.conditions.insert(
+        0,
+        format!(
+            "random-weight Llama GGUF written by `llm-bench` (`benches/llm/src/gguf.rs`): {} layers, hidden {}, \
+             {} heads ({} KV), FFN {}, vocab {} ({:.0} M parameters); Q4_K_M is llama.cpp's mix (Q6_K output, \
+             Q6_K attn_v and ffn_down in layers 0, 3, 6, 7)",
+            d["layers"],
+            d["hidden"],
+            d["heads"],
+            d["kv_heads"],
+            d["ffn"],
+            d["vocab"],
+            f["parameters"].as_f64().unwrap_or(f64::NAN) / 1e6
+        ),
+    );
+    row.conditions.insert(
+        1,
+        format!(
+            "{} threads on both sides (candle's default: the physical cores); {PROMPT_TOKENS} prompt tokens, \
+             {TOKENS} generated, greedy, end-of-sequence ignored; prompt tok/s = prompt tokens / prompt \
+             evaluation, decode tok/s = tokens / (first sample to last token); one warm-up run each, then {} \
+             rounds in rotating order; {} build of `llm-bench`",
+            f["threads"],
+            ctx.rounds,
+            ctx.profile()
+        ),
+    );
+    let peer_info = &f["llama_cpp_peer"];
+    row.conditions.push(format!(
+        "candle {} (`candle-core` in Cargo.lock); {peer} {} (`benches/llm/llama_peer.py`: `Llama.eval`, \
+         `Llama.sample(temp=0)`, `Llama.detokenize`; llama-cpp-python's defaults otherwise, n_batch {}), \
+         llama.cpp built by pip with its defaults (GGML_NATIVE on): {}",
+        candle_version(),
+        peer_info["llama_cpp_python"].as_str().unwrap_or("?"),
+        peer_info["n_batch"],
+        peer_info["system_info"].as_str().unwrap_or("?")
+    ));
+    row.notes.extend(NOTES.iter().map(|n| n.to_string()));
+    Ok(row)
+}
+
+/// `candle-core`'s version in the workspace's Cargo.lock.
+fn candle_version() -> String {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap_or_default();
+    lock.split("[[package]]")
+        .find(|p| p.contains("name = \"candle-core\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "?".into())
+}
