@@ -98,8 +98,18 @@ fn stop(mut child: Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The hub with `ingest` settings, draining `events` queued while it was stopped.
-async fn hub(ctx: &Ctx, conn: &Connection, prefix: &str, ingest: &str, events: &[Event]) -> anyhow::Result<Duration> {
+/// Who burns the CPU while the hub drains: the hub, the database, the broker.
+const PROCESSES: &[&str] = &["ainern2d-hub", "postgres", "beam.smp"];
+
+/// The hub with `ingest` settings, draining `events` queued while it was stopped; the drain's time and
+/// the CPU seconds of `PROCESSES` during it.
+async fn hub(
+    ctx: &Ctx,
+    conn: &Connection,
+    prefix: &str,
+    ingest: &str,
+    events: &[Event],
+) -> anyhow::Result<(Duration, std::collections::BTreeMap<String, f64>)> {
     let schema = prefix.replace('-', "_");
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -125,6 +135,7 @@ async fn hub(ctx: &Ctx, conn: &Connection, prefix: &str, ingest: &str, events: &
         .max_connections(1)
         .connect_with(options.options([("search_path", schema.as_str())]))
         .await?;
+    let cpu_before = support::cpu_of(PROCESSES);
     let child = start(&file)?;
     let started = Instant::now();
     let drained = async {
@@ -142,6 +153,7 @@ async fn hub(ctx: &Ctx, conn: &Connection, prefix: &str, ingest: &str, events: &
         }
     }
     .await;
+    let cpu = support::cpu_between(&cpu_before, &support::cpu_of(PROCESSES));
     let done: Result<i64, _> =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetch_one(&pool).await;
     stop(child)?;
@@ -153,7 +165,7 @@ async fn hub(ctx: &Ctx, conn: &Connection, prefix: &str, ingest: &str, events: &
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&pool).await?;
     let took = drained?;
     anyhow::ensure!(done? as usize == events.len() / 3, "every job ends succeeded");
-    Ok(took)
+    Ok((took, cpu))
 }
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Row> {
@@ -168,13 +180,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Row> {
     let conn = Connection::connect(&ctx.amqp, ConnectionProperties::default()).await?;
     let base = format!("bench-ingest-{}", std::process::id());
     let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for round in 0..ctx.rounds {
         for which in if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] } {
             let prefix = format!("{base}-{round}-{which}");
             let (took, n) = match which {
                 0 => (broker_only(&conn, &prefix, &batched_events).await?, many),
-                1 => (hub(ctx, &conn, &prefix, "", &batched_events).await?, many),
-                _ => (hub(ctx, &conn, &prefix, "batch_max = 1", &naive_events).await?, few),
+                1 => {
+                    let (took, used) = hub(ctx, &conn, &prefix, "", &batched_events).await?;
+                    for (name, seconds) in used {
+                        cpu.entry(name).or_default().push(seconds * 1e6 / many as f64);
+                    }
+                    (took, many)
+                }
+                _ => (hub(ctx, &conn, &prefix, "batch_max = 1", &naive_events).await?.0, few),
             };
             rates[which].push(n as f64 / took.as_secs_f64());
         }
@@ -182,12 +201,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Row> {
     row.conditions.push(format!(
         "{many} events per round ({few} for the naive hub), queued beforehand: running, progress, succeeded per job"
     ));
+    row.conditions.push(format!(
+        "hub: {} build, Postgres and RabbitMQ on the same host, acked after commit; timed from the hub's start \
+         (its start to ready, row 8, included) to the last event in `job_events`",
+        ctx.profile()
+    ));
     row.conditions
-        .push(format!("hub: {} build, Postgres and RabbitMQ on the same host, acked after commit", ctx.profile()));
+        .push("CPU per event: user + system seconds of each process during the drain, over the events".into());
     row.measure("consume + parse + batched ack, no database (the broker's rate)", "events/s", false, &rates[0]);
     let batched =
         row.measure("ainern2d-hub, batches (`ingest.batch_max = 500`, the default)", "events/s", true, &rates[1]);
     let naive = row.measure("ainern2d-hub, `batch_max = 1` (a transaction per event)", "events/s", false, &rates[2]);
+    for (name, us) in &cpu {
+        row.measure(&format!("CPU per event applied in batches: {name}"), "µs", false, us);
+    }
     row.checks.push(Check::at_least("batched events/s", batched, 15_000.0));
     row.checks.push(Check::at_least("batched / naive", batched / naive, 10.0));
     Ok(row)

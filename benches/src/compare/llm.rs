@@ -24,7 +24,7 @@ const TOKENS: usize = 128;
 /// for reproducing the figures).
 const NOTES: &[&str] = &[];
 
-pub async fn run(ctx: &Ctx, _quick_peers: &Peers) -> anyhow::Result<Row> {
+pub async fn run(ctx: &Ctx, quick_peers: &Peers) -> anyhow::Result<Row> {
     let mut row =
         Row::new(5, "LLM decode and prompt tokens/s: candle pipeline vs llama.cpp", "≥ 1.0× llama.cpp on CPU");
     let (peer, version) = peers::SLOW[0];
@@ -37,6 +37,7 @@ pub async fn run(ctx: &Ctx, _quick_peers: &Peers) -> anyhow::Result<Row> {
     if !bin.exists() {
         return Ok(row.skip(format!("{} is not built (cargo build --release -p ainern2d-bench-llm)", bin.display())));
     }
+    install_llama_cpp(quick_peers, peer, version)?;
     let peers = Peers::ensure(peers::SLOW)?;
     let dir = tempfile::tempdir()?;
     let mut first: Option<serde_json::Value> = None;
@@ -120,14 +121,75 @@ pub async fn run(ctx: &Ctx, _quick_peers: &Peers) -> anyhow::Result<Row> {
     row.conditions.push(format!(
         "candle {} (`candle-core` in Cargo.lock); {peer} {} (`benches/llm/llama_peer.py`: `Llama.eval`, \
          `Llama.sample(temp=0)`, `Llama.detokenize`; llama-cpp-python's defaults otherwise, n_batch {}), \
-         llama.cpp built by pip with its defaults (GGML_NATIVE on): {}",
+         llama.cpp built by pip ({}): {}",
         candle_version(),
         peer_info["llama_cpp_python"].as_str().unwrap_or("?"),
         peer_info["n_batch"],
+        cmake_args().map_or("GGML_NATIVE".to_string(), |a| format!(
+            "CMAKE_ARGS {a}: native but for AMX, whose kernels crash here"
+        )),
         peer_info["system_info"].as_str().unwrap_or("?")
     ));
     row.notes.extend(NOTES.iter().map(|n| n.to_string()));
     Ok(row)
+}
+
+/// Builds `llama-cpp-python` into the peers' environment unless it is there at the pinned version (then
+/// `Peers::ensure` only records it). pip's build is llama.cpp's default, `GGML_NATIVE`; on a CPU with AMX
+/// that build's AMX kernels crash (SIGSEGV in `ggml_backend_amx_mul_mat` on the first prompt, seen with
+/// 0.3.36 on a Xeon with AMX-INT8), so there it is built with every instruction set the CPU has but AMX.
+/// A `CMAKE_ARGS` of the caller's wins.
+fn install_llama_cpp(peers: &Peers, package: &str, version: &str) -> anyhow::Result<()> {
+    let cmake = std::env::var_os("CMAKE_ARGS").is_none().then(cmake_args).flatten();
+    // Exit status 0: the pinned version, built as wanted; 1: another build of it; 2: not there.
+    let check = format!(
+        "import sys\ntry:\n    import llama_cpp\nexcept ImportError:\n    sys.exit(2)\n\
+         amx = b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info()\n\
+         sys.exit(0 if llama_cpp.__version__ == {version:?} and not (amx and {}) else 1)",
+        if cmake.is_some() { "True" } else { "False" }
+    );
+    let status = Command::new(peers.bin("python")).args(["-c", &check]).output().ok().and_then(|o| o.status.code());
+    if status == Some(0) {
+        return Ok(());
+    }
+    let mut pip = Command::new(peers.bin("pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check", "--no-cache-dir"])
+        .arg(format!("{package}=={version}"));
+    if status == Some(1) {
+        pip.args(["--force-reinstall", "--no-deps"]);
+    }
+    if let Some(args) = cmake {
+        eprintln!("compare: building {package} with CMAKE_ARGS={args}");
+        pip.env("CMAKE_ARGS", args);
+    }
+    eprintln!("compare: installing {package}=={version} (it compiles llama.cpp: about 10 minutes)");
+    let status = pip.status().with_context(|| format!("pip install {package}"))?;
+    anyhow::ensure!(status.success(), "pip install {package}=={version} failed ({status})");
+    Ok(())
+}
+
+/// llama.cpp's instruction-set switches for this CPU without AMX, where it has AMX (else None: the
+/// default native build).
+fn cmake_args() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags: Vec<&str> = cpuinfo.lines().find_map(|l| l.strip_prefix("flags"))?.split_whitespace().collect();
+    if !flags.contains(&"amx_int8") {
+        return None;
+    }
+    let switches = [
+        ("avx", "AVX"),
+        ("avx2", "AVX2"),
+        ("fma", "FMA"),
+        ("f16c", "F16C"),
+        ("bmi2", "BMI2"),
+        ("avx_vnni", "AVX_VNNI"),
+        ("avx512f", "AVX512"),
+        ("avx512vbmi", "AVX512_VBMI"),
+        ("avx512_vnni", "AVX512_VNNI"),
+        ("avx512_bf16", "AVX512_BF16"),
+    ];
+    let on = switches.iter().filter(|(f, _)| flags.contains(f)).map(|(_, g)| format!(" -DGGML_{g}=ON"));
+    Some(std::iter::once("-DGGML_NATIVE=OFF".to_string()).chain(on).collect())
 }
 
 /// `candle-core`'s version in the workspace's Cargo.lock.

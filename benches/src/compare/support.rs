@@ -157,6 +157,37 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds (user + system) of every process whose name is one of `names`, by pid: two snapshots
+/// around a stretch of work give each one's share of it (`cpu_between`).
+pub fn cpu_of(names: &[&str]) -> std::collections::HashMap<u32, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
+        let comm = comm.trim();
+        if names.contains(&comm)
+            && let Some(cpu) = cpu_seconds(pid)
+        {
+            out.insert(pid, (comm.to_string(), cpu));
+        }
+    }
+    out
+}
+
+/// Seconds each name's processes spent between two `cpu_of` snapshots (a process started in between counts
+/// from zero).
+pub fn cpu_between(
+    before: &std::collections::HashMap<u32, (String, f64)>,
+    after: &std::collections::HashMap<u32, (String, f64)>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (pid, (name, cpu)) in after {
+        let start = before.get(pid).map_or(0.0, |b| b.1);
+        *by_name.entry(name.clone()).or_insert(0.0) += cpu - start;
+    }
+    by_name
+}
+
 /// Resident set size of a process in KiB (Linux `/proc`).
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
