@@ -1,6 +1,7 @@
 //! Row 5: LLM prompt and decode tokens/s, the `llm` pipeline (candle, in process) against llama.cpp
-//! (`llama-cpp-python` 0.3.36, built from source on this machine) on the same random-weight Llama GGUF of
-//! about 100 M parameters, in Q8_0 and in Q4_K_M, with the same thread count, prompt tokens and number of
+//! (`llama-cpp-python` 0.3.36, built from source on this machine) on the same random-weight Llama GGUF (the
+//! `benches/llm` dimensions: 156 M parameters, 90 M of them outside the embedding and output), in Q8_0
+//! and in Q4_K_M, with the same thread count, prompt tokens and number of
 //! greedily generated tokens. The measuring is `llm-bench` (`benches/llm`, a package of its own, built
 //! into the same target directory): it writes the model with the `tokenizer.ggml.*` metadata llama.cpp
 //! needs, runs llama.cpp through `benches/llm/llama_peer.py` in the peers' Python, takes turns with it
@@ -20,9 +21,40 @@ const QUANTS: [(&str, &str); 2] = [("q8_0", "Q8_0"), ("q4_k_m", "Q4_K_M")];
 const PROMPT_TOKENS: usize = 512;
 const TOKENS: usize = 128;
 
-/// Where the decode time goes and what was tried (the profile behind this row; see the row's command
-/// for reproducing the figures).
-const NOTES: &[&str] = &[];
+/// Where the decode time goes and what was tried: the profile behind this row, taken during development
+/// on a shared 2-core machine (Xeon with AVX-512 VNNI and AMX) while other builds ran, so the absolute
+/// figures in these notes are rough; the tables above are this run's.
+const NOTES: &[&str] = &[
+    "Profile of candle's side (`perf record -F 499 --call-graph dwarf` over three pipeline runs after the \
+     warm-up, Q8_0, 2 threads, 512 prompt + 256 generated tokens): 29 % of the samples in candle's repacked \
+     Q8_0 kernel (`repack_x86::kernels::q8_0_tile2`), 46 % spinning in candle's barrier pool (24 % the \
+     calling thread waiting in `BarrierGuard::drop` for the worker to finish its share of a matmul, 22 % \
+     the worker waiting for the next one: 57 parallel regions per token, with the serial work between \
+     them), 8 % `memmove` (candle's quantized Llama concatenates each layer's whole KV cache afresh per \
+     token, `Tensor::cat`, and `repeat_kv` copies K and V four times for the 16/4 grouped heads), about 5 % \
+     f32 gemm for the attention, 2 % quantizing activations to Q8_K. The pipeline's own per-token work \
+     (template, incremental detokenizing, stop strings, progress, sampling) is under 0.1 % of the samples, \
+     and the pipeline runs at the bare candle loop's speed (the bare loop's rows above): nothing of ours \
+     to fix; where candle trails llama.cpp, the time is inside candle.",
+    "Tried within candle: thread count: 1 thread 38 decode tok/s against 10.5 with 2 in the same minute \
+     with another program busy on the machine (the spin barrier stalls whenever either core is taken); on \
+     quiet minutes 2 threads gave 71-88 tok/s. `CANDLE_BARRIER_POOL_SPIN_LIMIT` (default 25,000): 0 gave \
+     24.5 decode tok/s, 25,000 57.5, 1,000,000 83.1 (consecutive runs on the loaded machine: noisy, but \
+     parking early is clearly worse). The quantised layout: Q4_K_M (candle's Q4_K kernels, Q6_K on its \
+     compact path) against Q8_0 is in the tables. The `mkl` feature changes only f32 matmuls (the \
+     attention, about 5 %), not the quantised kernels; `accelerate` is macOS-only; neither was built. \
+     What would close the gap is inside candle-transformers' quantized Llama: a preallocated KV cache \
+     written in place, attention over grouped heads without `repeat_kv`, and fused q/k/v and gate/up \
+     matmuls (candle has `QTensor::gemv_fused_shared_lhs`, which its quantized Llama does not use) to cut \
+     the parallel regions per token.",
+    "llama.cpp as pip builds it by default (`GGML_NATIVE`) crashes on this CPU: SIGSEGV in \
+     `ggml_backend_amx_mul_mat` on the first prompt (llama-cpp-python 0.3.36, AMX-INT8 present). The row \
+     builds it with every instruction set of the CPU but AMX (see the conditions); it keeps llama.cpp's \
+     CPU repacking (`REPACK = 1`). Under load its OpenMP threads stall like candle's pool, and worse \
+     (in the three rounds of one development run while other builds ran: llama.cpp 1.5, 7.1 and 79.9 \
+     decode tok/s, the pipeline 75.5, 70.6 and 80.6, the bare candle loop 87.7, 9.2 and 70.6): on a busy machine the ratios favour ours, so only a run on a quiet machine \
+     answers the target.",
+];
 
 pub async fn run(ctx: &Ctx, quick_peers: &Peers) -> anyhow::Result<Row> {
     let mut row =

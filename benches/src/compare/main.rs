@@ -48,6 +48,9 @@ struct Args {
     json: PathBuf,
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     markdown: PathBuf,
+    /// Keep the rows of the existing `--json` report that this run does not measure (with `--only`).
+    #[arg(long)]
+    merge: bool,
     /// A ComfyUI checkout to run row 10 against.
     #[arg(long, env = "AINERN2D_BENCH_COMFYUI")]
     comfyui: Option<PathBuf>,
@@ -165,14 +168,20 @@ async fn main() -> anyhow::Result<()> {
         .map(|(id, m)| format!("row {id}: {}", m.name))
         .collect();
     anyhow::ensure!(empty.is_empty(), "rows without a number: {empty:?}");
-    let report = Report {
-        generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-        mode: if ctx.quick { "quick" } else { "full" },
-        rounds: ctx.rounds,
-        command: std::iter::once("compare".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
-        machine: machine(),
-        rows,
-    };
+    let generated_at = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+    let mode = if ctx.quick { "quick" } else { "full" };
+    let command = std::iter::once("compare".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    for row in &mut rows {
+        row.measured = format!("{generated_at}, {mode} mode, {} rounds, by `{command}`", ctx.rounds);
+    }
+    if args.merge && args.json.exists() {
+        let earlier: Report = serde_json::from_slice(&std::fs::read(&args.json)?)
+            .map_err(|e| anyhow::anyhow!("{} is not a report to merge into: {e}", args.json.display()))?;
+        let ids: Vec<u32> = rows.iter().map(|r| r.id).collect();
+        rows.extend(earlier.rows.into_iter().filter(|r| !ids.contains(&r.id)));
+        rows.sort_by_key(|r| r.id);
+    }
+    let report = Report { generated_at, mode: mode.into(), rounds: ctx.rounds, command, machine: machine(), rows };
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
     std::fs::write(&args.markdown, report.markdown())?;
     eprintln!("compare: wrote {} and {}", args.json.display(), args.markdown.display());
