@@ -13,7 +13,7 @@ use ainern2d_contract::{Event, EventStatus, JobKind};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::Ctx;
 use crate::report::{Check, Row};
@@ -32,25 +32,8 @@ fn events(n: usize) -> Vec<Event> {
 }
 
 async fn publish(ch: &Channel, exchange: &str, events: &[Event]) -> anyhow::Result<()> {
-    let mut pending = Vec::with_capacity(1000);
-    for e in events {
-        let props = BasicProperties::default().with_delivery_mode(2);
-        let body = serde_json::to_vec(e)?;
-        let key = e.routing_key();
-        pending.push(
-            ch.basic_publish(exchange.into(), key.as_str().into(), BasicPublishOptions::default(), &body, props)
-                .await?,
-        );
-        if pending.len() == 1000 {
-            for p in pending.drain(..) {
-                p.await?;
-            }
-        }
-    }
-    for p in pending {
-        p.await?;
-    }
-    Ok(())
+    let messages = events.iter().map(|e| (exchange.to_string(), e.routing_key(), serde_json::to_vec(e).expect("json")));
+    support::publish_all(ch, messages).await
 }
 
 /// Consume, parse like the hub, ack in batches of 500 (the hub's default): no database.

@@ -16,6 +16,7 @@ use anyhow::Context;
 use crate::Ctx;
 use crate::peers::{self, Peers};
 use crate::report::{Check, Row};
+use crate::support;
 
 const QUANTS: [(&str, &str); 2] = [("q8_0", "Q8_0"), ("q4_k_m", "Q4_K_M")];
 const PROMPT_TOKENS: usize = 512;
@@ -76,23 +77,12 @@ pub async fn run(ctx: &Ctx, quick_peers: &Peers) -> anyhow::Result<Row> {
     for (arg, name) in QUANTS {
         eprintln!("compare: row 5, {name}");
         let json = dir.path().join(format!("{arg}.json"));
-        let out = Command::new(&bin)
-            .args(["--quant", arg, "--rounds", &ctx.rounds.to_string()])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--quant", arg, "--rounds", &ctx.rounds.to_string()])
             .args(["--prompt-tokens", &PROMPT_TOKENS.to_string(), "--tokens", &TOKENS.to_string()])
             .arg("--python")
-            .arg(peers.bin("python"))
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "llm-bench --quant {arg} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let f: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+            .arg(peers.bin("python"));
+        let f = support::bench_json(&mut cmd, &json)?;
         let values = |side: &str, key: &str| -> Vec<f64> {
             f[side][key].as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()
         };

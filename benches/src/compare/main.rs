@@ -6,9 +6,10 @@
 //! to its target: timings on a shared machine flake); peers whose install is slow are left out, and the
 //! report says which. The full run (`scripts/bench.sh`) installs and runs them all on release builds.
 //!
-//! Rows so far: 1–3 (jobs through RabbitMQ vs a bare lapin loop and Celery), 4 (S3 upload vs s5cmd and
-//! aws-cli), 6 (hub ingest), 7 (worker memory), 8 (start to ready), 9 (the local mode's API). The others
-//! of issue 14 are not measured yet and are listed as such in the report.
+//! The rows of issue 14, a module each or per group: 1–3 `jobs` (through RabbitMQ, against a bare lapin
+//! loop and Celery), 4 `s3` (s5cmd, aws-cli), 5 `llm` (llama.cpp, through `llm-bench`), 6 `ingest`,
+//! 7 `memory`, 8 `startup`, 9 `local`, 10 `comfy` (a real ComfyUI given by `--comfyui`), 11 `speech`
+//! (piper-tts, through `speech-bench`). A row that cannot run says why in the report.
 
 use std::path::PathBuf;
 

@@ -7,11 +7,10 @@
 
 use std::process::Command;
 
-use anyhow::Context;
-
 use crate::Ctx;
 use crate::peers::Peers;
 use crate::report::{Check, Row};
+use crate::support;
 
 pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
     let mut row = Row::new(11, "TTS real-time factor vs piper-tts", "≥ 1.0×");
@@ -25,23 +24,12 @@ pub async fn run(ctx: &Ctx, peers: &Peers) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("tts.json");
     let threads = 1;
-    let out = Command::new(&bin)
-        .args(["tts", "--threads", &threads.to_string(), "--rounds", &ctx.rounds.to_string(), "--voice"])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["tts", "--threads", &threads.to_string(), "--rounds", &ctx.rounds.to_string(), "--voice"])
         .arg(&voice)
         .arg("--python")
-        .arg(peers.bin("python"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "speech-bench tts failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let figures: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+        .arg(peers.bin("python"));
+    let figures = support::bench_json(&mut cmd, &json)?;
     let values = |side: &str| -> Vec<f64> {
         figures[side]["rtf"].as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()
     };

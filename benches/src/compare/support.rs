@@ -49,11 +49,21 @@ pub async fn delete(ch: &Channel, topo: &Topology, kind: JobKind) {
 
 /// Publishes `n` persistent messages to `queue` and waits for every confirm.
 pub async fn fill(ch: &Channel, queue: &str, n: usize, body: impl Fn(usize) -> Vec<u8>) -> anyhow::Result<()> {
+    publish_all(ch, (0..n).map(|i| (String::new(), queue.to_string(), body(i)))).await
+}
+
+/// Publishes `(exchange, routing key, body)` messages, persistent, 1,000 confirms in flight at most, and
+/// waits for every confirm.
+pub async fn publish_all(
+    ch: &Channel,
+    messages: impl Iterator<Item = (String, String, Vec<u8>)>,
+) -> anyhow::Result<()> {
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut pending = Vec::with_capacity(1000);
-    for i in 0..n {
+    for (exchange, key, body) in messages {
         let props = BasicProperties::default().with_delivery_mode(2);
-        pending.push(ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body(i), props).await?);
+        let options = BasicPublishOptions::default();
+        pending.push(ch.basic_publish(exchange.as_str().into(), key.as_str().into(), options, &body, props).await?);
         if pending.len() == 1000 {
             for p in pending.drain(..) {
                 p.await?;
@@ -64,6 +74,20 @@ pub async fn fill(ch: &Channel, queue: &str, n: usize, body: impl Fn(usize) -> V
         p.await?;
     }
     Ok(())
+}
+
+/// Runs a benchmark binary that writes its figures to the file its `--json` argument names (`json`),
+/// and reads them; a failure shows what it printed.
+pub fn bench_json(cmd: &mut Command, json: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.arg("--json").arg(json).output().map_err(|e| anyhow::anyhow!("running {cmd:?}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&std::fs::read(json)?)?)
 }
 
 /// The real worker binary serving `kind` jobs on a local-directory store (on tmpfs when there is one:
