@@ -310,3 +310,38 @@ async fn a_sustained_backlog_produces_a_scale_out_signal_and_a_desired_replicas_
     let _ = s.channel.queue_delete(queue.as_str().into(), Default::default()).await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_stopped_mid_drain_with_a_batch_being_written_loses_nothing() {
+    let s = setup("hub-term").await;
+    // Small batches: one is being written while the next is gathered whenever the hub is stopped.
+    let config = "[ingest]\nbatch_max = 50\nprefetch = 200\n";
+    let mut hub = s.hub(config).await;
+    hub.signal("TERM");
+    assert_eq!(hub.wait_exit(T).await, 0);
+    let jobs = 1000;
+    for j in 0..jobs {
+        for (seq, status) in
+            [EventStatus::Running, EventStatus::Progress, EventStatus::Succeeded].into_iter().enumerate()
+        {
+            s.send(&event(&format!("job-{j}"), 1, status, seq as u32)).await;
+        }
+    }
+    let pool = pg(&s.schema).await;
+    let mut hub = s.hub(config).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events").fetch_one(&pool).await.unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hub applied nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    hub.signal("TERM");
+    assert_eq!(hub.wait_exit(T).await, 0, "a stop mid-drain is a clean exit");
+    let _hub = s.hub(config).await;
+    wait_count(&pool, "SELECT count(*) FROM job_events", 3 * jobs).await;
+    wait_count(&pool, "SELECT count(*) FROM jobs WHERE status = 'succeeded'", jobs).await;
+    s.cleanup().await;
+}
